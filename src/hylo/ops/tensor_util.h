@@ -1,0 +1,27 @@
+// Bridges between io/ (raw checkpoint bytes) and ATen, plus parsing of --dtype / --device options.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "hylo/io/dtype.h"
+#include "hylo/io/safetensors.h"
+
+namespace hylo {
+
+// "fp32"/"float32"/"f32", "bf16"/"bfloat16", "fp16"/"float16", "fp64"/"float64". Throws hylo::Error otherwise.
+at::ScalarType parse_scalar_type(const std::string& name);
+// "cpu", "cuda", "cuda:1". Throws hylo::Error when CUDA is asked for and unavailable.
+at::Device parse_device(const std::string& name);
+
+at::ScalarType to_scalar_type(io::DType dtype);   // throws for types ATen lacks
+io::DType to_io_dtype(at::ScalarType type);       // throws for types safetensors lacks
+
+// Copies a checkpoint tensor into a new ATen tensor (owning its memory) of its stored dtype.
+at::Tensor tensor_from_view(const io::TensorView& view);
+
+// Relative RMS error ||a-b|| / ||b|| computed in fp64; used by tests and benchmarks.
+double relative_rms_error(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace hylo
