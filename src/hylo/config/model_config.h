@@ -87,6 +87,7 @@ struct Mamba2Spec {
   int64_t chunk_size = 256;
   int64_t norm_group_size = 0;      // gated RMSNorm group width; Zebra: d_inner / ngroups
   bool conv_bias = true;
+  bool repeat_kv_before_conv = false;  // Zebra ssm_cfg option: conv over the repeated x/B instead (default off)
   double norm_eps = 1e-5;
 };
 
