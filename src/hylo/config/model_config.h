@@ -114,6 +114,10 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> pad_token_id;
   std::string torch_dtype = "float32";
+  // The backbone Transformer's attention and MLP dims. Kept for hybrids too: a hylo checkpoint's config.json
+  // stays a valid backbone config (upcycling and HF tooling read it), with the per-layer truth in `layers`.
+  GqaSpec backbone_attention;
+  int64_t backbone_intermediate_size = 0;
   std::vector<LayerSpec> layers;
 
   int64_t num_layers() const { return static_cast<int64_t>(layers.size()); }
