@@ -239,7 +239,16 @@ Status apply_hybrid_block(const json& block, ModelConfig& config, const std::str
 }
 
 json checkpoint_config_to_json(const ModelConfig& config) {
-  json j = hf_config_to_json(config);
+  // The HF part describes the backbone Transformer (every layer gqa with the backbone's dims), so that the
+  // file stays a config transformers and our importers read; the hybrid block carries the real layers.
+  ModelConfig backbone = config;
+  for (auto& l : backbone.layers) {
+    if (l.mixer == MixerKind::kGqa) continue;
+    l.mixer = MixerKind::kGqa;
+    l.gqa = config.backbone_attention;
+    if (config.backbone_intermediate_size > 0) l.intermediate_size = config.backbone_intermediate_size;
+  }
+  json j = hf_config_to_json(backbone);
   j["num_hidden_layers"] = config.num_layers();
   j["hybrid"] = hybrid_block_to_json(config);
   return j;
