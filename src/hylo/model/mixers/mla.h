@@ -1,0 +1,69 @@
+// The MLA token mixer (MixerKind::kMla) of HyLo / Zebra-Llama hybrids, with AMD's released parameter names
+// under "mla." (HYLO.md 2.2): q_a_proj, q_b_proj (or q_proj when q_lora_rank == 0), kv_a_proj_with_mqa,
+// kv_b_proj, out_proj, and q_a_layernorm / kv_a_layernorm when the spec has latent norms (DeepSeek variant).
+//
+// Its state is the latent cache: [B, max_tokens, r_kv + rope] holding [c_kv ; rope(k_pe)] per token (the rope
+// part stored already rotated, in the DeepSeek pair layout), plus the number of tokens filled. A stateless forward
+// and a prefill (T > 1) use the decompressed form, attending over cache + new tokens; a decode step (T == 1 with
+// a state) uses the absorbed form. set_form() forces either form, for tests and benchmarks.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+#include "hylo/model/mixer.h"
+#include "hylo/ops/rope_yarn.h"
+
+namespace hylo {
+
+enum class MlaForm { kAuto, kDecompressed, kAbsorbed };
+
+class MlaState : public MixerState {
+ public:
+  MlaState(at::Tensor cache, int64_t kv_lora_rank) : cache_(std::move(cache)), kv_lora_rank_(kv_lora_rank) {}
+  int64_t bytes() const override { return static_cast<int64_t>(cache_.nbytes()); }
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return cache_.size(1); }
+  const at::Tensor& cache() const { return cache_; }  // [B, N, C+R]
+  // Appends entry [B, T, C+R] at position length() and returns the filled prefix [B, length()+T, C+R].
+  at::Tensor append(const at::Tensor& entry);
+
+ private:
+  at::Tensor cache_;  // [B, N, C+R] latent c_kv then rotated k_pe
+  int64_t kv_lora_rank_ = 0;
+  int64_t length_ = 0;
+};
+
+class MlaMixer : public Mixer {
+ public:
+  MlaMixer(const ModelConfig& config, const LayerSpec& layer, const at::TensorOptions& options);
+
+  MixerKind kind() const override { return MixerKind::kMla; }
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& positions, MixerState* state) override;
+  std::unique_ptr<MixerState> new_state(int64_t batch, int64_t max_tokens,
+                                        const at::TensorOptions& options) const override;
+  void visit_parameters(const std::string& prefix, const ParamVisitor& visit) override;
+
+  void set_form(MlaForm form) { form_ = form; }
+  void set_rope_pair_order(ops::RopePairOrder order) { pair_order_ = order; }
+  const MlaSpec& spec() const { return spec_; }
+
+ private:
+  MlaSpec spec_;
+  MlaForm form_ = MlaForm::kAuto;
+  ops::RopePairOrder pair_order_ = ops::RopePairOrder::kDeepSeekPairs;
+  double softmax_scale_ = 0.0;
+  // Parameters (undefined where the variant has none).
+  at::Tensor q_proj_w_, q_proj_b_;          // [H*(P+R), D], [H*(P+R)]     (q_lora_rank == 0)
+  at::Tensor q_a_w_, q_a_b_;                // [r_q, D], [r_q]
+  at::Tensor q_a_norm_w_;                   // [r_q]                        (latent_norms)
+  at::Tensor q_b_w_;                        // [H*(P+R), r_q]
+  at::Tensor kv_a_w_, kv_a_b_;              // [C+R, D], [C+R]
+  at::Tensor kv_a_norm_w_;                  // [C]                          (latent_norms)
+  at::Tensor kv_b_w_;                       // [G*(P+V), C]
+  at::Tensor out_w_, out_b_;                // [D, H*V], [D]
+};
+
+}  // namespace hylo

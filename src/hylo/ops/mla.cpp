@@ -1,0 +1,113 @@
+#include "hylo/ops/mla.h"
+
+#include <limits>
+#include <string>
+
+#include "hylo/core/result.h"
+
+namespace hylo::ops {
+namespace {
+
+struct Dims {
+  int64_t b, t, h, p, r, s, c, g, rep, v;
+};
+
+// Checks every shape against the others and returns the dimensions; errors name the tensor and what was expected.
+Dims check_inputs(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv, const at::Tensor& k_pe,
+                  const at::Tensor& kv_b_weight, int64_t num_kv_groups, int64_t q_offset) {
+  auto fail = [](const std::string& what) { throw Error("mla attention: " + what); };
+  if (q_nope.dim() != 4) fail("q_nope must be [B, T, H, P], got " + c10::str(q_nope.sizes()));
+  Dims d{};
+  d.b = q_nope.size(0), d.t = q_nope.size(1), d.h = q_nope.size(2), d.p = q_nope.size(3);
+  if (q_pe.dim() != 4 || q_pe.size(0) != d.b || q_pe.size(1) != d.t || q_pe.size(2) != d.h)
+    fail("q_pe must be [B, T, H, R] = [" + std::to_string(d.b) + ", " + std::to_string(d.t) + ", " +
+         std::to_string(d.h) + ", R], got " + c10::str(q_pe.sizes()));
+  d.r = q_pe.size(3);
+  if (c_kv.dim() != 3 || c_kv.size(0) != d.b) fail("c_kv must be [B, S, C], got " + c10::str(c_kv.sizes()));
+  d.s = c_kv.size(1), d.c = c_kv.size(2);
+  if (k_pe.dim() != 3 || k_pe.size(0) != d.b || k_pe.size(1) != d.s || k_pe.size(2) != d.r)
+    fail("k_pe must be [B, S, R] = [" + std::to_string(d.b) + ", " + std::to_string(d.s) + ", " +
+         std::to_string(d.r) + "], got " + c10::str(k_pe.sizes()));
+  if (num_kv_groups <= 0 || d.h % num_kv_groups != 0)
+    fail("num_kv_groups " + std::to_string(num_kv_groups) + " must divide num_heads " + std::to_string(d.h));
+  d.g = num_kv_groups, d.rep = d.h / d.g;
+  if (kv_b_weight.dim() != 2 || kv_b_weight.size(1) != d.c || kv_b_weight.size(0) % d.g != 0 ||
+      kv_b_weight.size(0) / d.g <= d.p)
+    fail("kv_b_proj.weight must be [G*(P+V), C] with G=" + std::to_string(d.g) + ", P=" + std::to_string(d.p) +
+         ", C=" + std::to_string(d.c) + ", got " + c10::str(kv_b_weight.sizes()));
+  d.v = kv_b_weight.size(0) / d.g - d.p;
+  if (q_offset < 0 || q_offset + d.t > d.s)
+    fail("q_offset " + std::to_string(q_offset) + " + T " + std::to_string(d.t) + " exceeds the " +
+         std::to_string(d.s) + " key tokens");
+  return d;
+}
+
+// [B, T, H, X] -> [B, G, rep*T, X]: heads of one kv group stacked along the row axis (head h = g*rep + i).
+at::Tensor to_groups(const at::Tensor& x, const Dims& d) {
+  const int64_t width = x.size(3);
+  return x.reshape({d.b, d.t, d.g, d.rep, width}).permute({0, 2, 3, 1, 4}).reshape({d.b, d.g, d.rep * d.t, width});
+}
+
+// [B, G, rep*T, X] -> [B, T, H, X].
+at::Tensor from_groups(const at::Tensor& x, const Dims& d) {
+  const int64_t width = x.size(3);
+  return x.reshape({d.b, d.g, d.rep, d.t, width}).permute({0, 3, 1, 2, 4}).reshape({d.b, d.t, d.h, width});
+}
+
+// Scaled, causally masked softmax over keys; scores: [B, G, rep*T, S] in the working dtype. The softmax runs in
+// fp32 (fp64 for fp64 inputs) and the probabilities are returned in the working dtype, as HF's eager attention.
+at::Tensor causal_softmax(const at::Tensor& scores, double scale, const Dims& d, int64_t q_offset) {
+  at::TensorOptions idx = at::TensorOptions().dtype(at::kLong).device(scores.device());
+  at::Tensor q_pos = at::arange(d.t, idx).add_(q_offset);                           // [T]
+  at::Tensor k_pos = at::arange(d.s, idx);                                          // [S]
+  at::Tensor masked = k_pos.unsqueeze(0) > q_pos.unsqueeze(1);                      // [T, S] true = future key
+  at::ScalarType soft_type = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor s = (scores.to(soft_type) * scale).reshape({d.b, d.g, d.rep, d.t, d.s});  // [B, G, rep, T, S]
+  s = s.masked_fill(masked, -std::numeric_limits<double>::infinity());
+  return at::softmax(s, -1).to(scores.scalar_type()).reshape({d.b, d.g, d.rep * d.t, d.s});  // [B, G, rep*T, S]
+}
+
+}  // namespace
+
+MlaUpProjections mla_split_kv_b(const at::Tensor& kv_b_weight, int64_t num_kv_groups, int64_t nope_dim) {
+  const int64_t rows = kv_b_weight.size(0) / num_kv_groups;
+  at::Tensor w = kv_b_weight.reshape({num_kv_groups, rows, kv_b_weight.size(1)});  // [G, P+V, C]
+  return {w.narrow(1, 0, nope_dim), w.narrow(1, nope_dim, rows - nope_dim)};
+}
+
+at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
+                                      const at::Tensor& k_pe, const at::Tensor& kv_b_weight,
+                                      int64_t num_kv_groups, double scale, int64_t q_offset) {
+  const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
+  // Decompress every key token into its G groups of [k_nope ; v] (kv_b_proj), then append the shared k_pe.
+  at::Tensor kv = at::linear(c_kv, kv_b_weight).reshape({d.b, d.s, d.g, d.p + d.v});  // [B, S, G, P+V]
+  at::Tensor k_nope = kv.narrow(3, 0, d.p).permute({0, 2, 1, 3});                       // [B, G, S, P]
+  at::Tensor v = kv.narrow(3, d.p, d.v).permute({0, 2, 1, 3});                          // [B, G, S, V]
+  at::Tensor k_rot = k_pe.unsqueeze(1).expand({d.b, d.g, d.s, d.r});                    // [B, G, S, R]
+  at::Tensor k = at::cat({k_nope, k_rot}, 3);                                           // [B, G, S, P+R]
+  at::Tensor q = to_groups(at::cat({q_nope, q_pe}, 3), d);                              // [B, G, rep*T, P+R]
+  at::Tensor scores = at::matmul(q, k.transpose(2, 3));                                 // [B, G, rep*T, S]
+  at::Tensor probs = causal_softmax(scores, scale, d, q_offset);                        // [B, G, rep*T, S]
+  at::Tensor out = at::matmul(probs, v);                                                // [B, G, rep*T, V]
+  return from_groups(out, d);                                                           // [B, T, H, V]
+}
+
+at::Tensor mla_attention_absorbed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
+                                  const at::Tensor& k_pe, const at::Tensor& kv_b_weight, int64_t num_kv_groups,
+                                  double scale, int64_t q_offset) {
+  const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
+  MlaUpProjections up = mla_split_kv_b(kv_b_weight, d.g, d.p);                         // [G, P, C], [G, V, C]
+  // q~ = q_nope W_UK: the nope query of each head expressed in latent coordinates.
+  at::Tensor q_lat = at::matmul(to_groups(q_nope, d), up.w_uk);                         // [B, G, rep*T, C]
+  at::Tensor q_rot = to_groups(q_pe, d);                                                // [B, G, rep*T, R]
+  at::Tensor c = c_kv.unsqueeze(1);                                                     // [B, 1, S, C]
+  at::Tensor kr = k_pe.unsqueeze(1);                                                    // [B, 1, S, R]
+  at::Tensor scores = at::matmul(q_lat, c.transpose(2, 3)) + at::matmul(q_rot, kr.transpose(2, 3));  // [B, G, rep*T, S]
+  at::Tensor probs = causal_softmax(scores, scale, d, q_offset);                        // [B, G, rep*T, S]
+  at::Tensor ctx = at::matmul(probs, c);                                                // [B, G, rep*T, C]
+  // out = ctx W_UV^T: back from latent to value coordinates.
+  at::Tensor out = at::matmul(ctx, up.w_uv.transpose(1, 2));                            // [B, G, rep*T, V]
+  return from_groups(out, d);                                                           // [B, T, H, V]
+}
+
+}  // namespace hylo::ops
