@@ -1,0 +1,160 @@
+#include "hylo/ops/gated_delta.h"
+
+#include <string>
+#include <vector>
+
+#include "hylo/core/result.h"
+
+namespace hylo {
+
+namespace {
+
+std::string dims(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+// The inputs of all three forms in head-major layout and compute precision (fp64 for fp64 inputs, else fp32).
+struct HeadMajor {
+  int64_t B, T, H, Dk, Dv;
+  at::ScalarType ct;
+  at::Tensor q, k, v;   // [B, H, T, Dk], [B, H, T, Dk], [B, H, T, Dv]
+  at::Tensor g, beta;   // [B, H, T]
+  at::Tensor state;     // [B, H, Dv, Dk]
+};
+
+HeadMajor prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
+  const std::string who = std::string(op) + ": ";
+  if (q.dim() != 4) throw Error(who + "q must be [B, T, H, Dk], got " + dims(q));
+  HeadMajor in;
+  in.B = q.size(0), in.T = q.size(1), in.H = q.size(2), in.Dk = q.size(3);
+  if (in.T < 1) throw Error(who + "need at least one token, q is " + dims(q));
+  if (!k.sizes().equals(q.sizes())) throw Error(who + "k must match q " + dims(q) + ", got " + dims(k));
+  if (v.dim() != 4 || v.size(0) != in.B || v.size(1) != in.T || v.size(2) != in.H)
+    throw Error(who + "v must be [B, T, H, Dv] with B, T, H of q " + dims(q) + ", got " + dims(v));
+  in.Dv = v.size(3);
+  const std::vector<int64_t> bth = {in.B, in.T, in.H};
+  if (!g.sizes().equals(bth)) throw Error(who + "g must be [B, T, H] = " + c10::str(bth) + ", got " + dims(g));
+  if (!beta.sizes().equals(bth))
+    throw Error(who + "beta must be [B, T, H] = " + c10::str(bth) + ", got " + dims(beta));
+  const std::vector<int64_t> sshape = {in.B, in.H, in.Dv, in.Dk};
+  if (initial_state.defined() && !initial_state.sizes().equals(sshape))
+    throw Error(who + "initial_state must be [B, H, Dv, Dk] = " + c10::str(sshape) + ", got " + dims(initial_state));
+
+  in.ct = v.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  in.q = q.to(in.ct).transpose(1, 2);
+  in.k = k.to(in.ct).transpose(1, 2);
+  in.v = v.to(in.ct).transpose(1, 2);
+  in.g = g.to(in.ct).transpose(1, 2);
+  in.beta = beta.to(in.ct).transpose(1, 2);
+  in.state = initial_state.defined() ? initial_state.to(in.ct)
+                                     : at::zeros(sshape, v.options().dtype(in.ct));
+  return in;
+}
+
+// [B, H, T, Dv] compute dtype -> [B, T, H, Dv] in the dtype of v.
+at::Tensor finish_output(const at::Tensor& o_hm, at::ScalarType out_type) {
+  return o_hm.transpose(1, 2).contiguous().to(out_type);
+}
+
+}  // namespace
+
+GatedDeltaOutput gated_delta_naive(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& g, const at::Tensor& beta, double scale,
+                                   const at::Tensor& initial_state) {
+  HeadMajor in = prepare("gated_delta_naive", q, k, v, g, beta, initial_state);
+  at::Tensor S = in.state;  // [B, H, Dv, Dk]
+  std::vector<at::Tensor> outs;
+  outs.reserve(in.T);
+  for (int64_t t = 0; t < in.T; ++t) {
+    at::Tensor kt = in.k.select(2, t);                                  // [B, H, Dk]
+    at::Tensor vt = in.v.select(2, t);                                  // [B, H, Dv]
+    at::Tensor qt = in.q.select(2, t) * scale;                          // [B, H, Dk]
+    at::Tensor alpha = in.g.select(2, t).exp().unsqueeze(-1).unsqueeze(-1);  // [B, H, 1, 1]
+    at::Tensor bt = in.beta.select(2, t).unsqueeze(-1).unsqueeze(-1);       // [B, H, 1, 1]
+    // S_t = alpha S (I - beta k k^T) + beta v k^T, with S (I - beta k k^T) = S - beta (S k) k^T.
+    at::Tensor Sk = at::matmul(S, kt.unsqueeze(-1));                    // [B, H, Dv, 1]
+    at::Tensor kT = kt.unsqueeze(-2);                                   // [B, H, 1, Dk]
+    S = alpha * (S - bt * at::matmul(Sk, kT)) + bt * at::matmul(vt.unsqueeze(-1), kT);
+    outs.push_back(at::matmul(S, qt.unsqueeze(-1)).squeeze(-1));       // [B, H, Dv]
+  }
+  at::Tensor o = at::stack(outs, 2);                                    // [B, H, T, Dv]
+  return {finish_output(o, v.scalar_type()), S};
+}
+
+GatedDeltaOutput gated_delta_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& g, const at::Tensor& beta, double scale,
+                                       const at::Tensor& initial_state) {
+  HeadMajor in = prepare("gated_delta_recurrent", q, k, v, g, beta, initial_state);
+  at::Tensor S = in.state;  // [B, H, Dv, Dk]
+  std::vector<at::Tensor> outs;
+  outs.reserve(in.T);
+  for (int64_t t = 0; t < in.T; ++t) {
+    // Decay, read the prediction v_hat = S k, write the error beta (v - v_hat) along k, read out with q: one pass
+    // over S per token, the shape of the fused decode kernel.
+    S = S * in.g.select(2, t).exp().unsqueeze(-1).unsqueeze(-1);               // [B, H, Dv, Dk]
+    at::Tensor kt = in.k.select(2, t).unsqueeze(-1);                            // [B, H, Dk, 1]
+    at::Tensor err = (in.v.select(2, t).unsqueeze(-1) - at::matmul(S, kt)) *
+                     in.beta.select(2, t).unsqueeze(-1).unsqueeze(-1);          // [B, H, Dv, 1]
+    S = S + at::matmul(err, kt.transpose(-1, -2));                              // [B, H, Dv, Dk]
+    outs.push_back(at::matmul(S, (in.q.select(2, t) * scale).unsqueeze(-1)).squeeze(-1));  // [B, H, Dv]
+  }
+  return {finish_output(at::stack(outs, 2), v.scalar_type()), S};
+}
+
+GatedDeltaOutput gated_delta_chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& g, const at::Tensor& beta, double scale,
+                                   const at::Tensor& initial_state, int64_t chunk_size) {
+  if (chunk_size < 1) throw Error("gated_delta_chunk: chunk_size must be >= 1, got " + std::to_string(chunk_size));
+  HeadMajor in = prepare("gated_delta_chunk", q, k, v, g, beta, initial_state);
+  const int64_t B = in.B, H = in.H, T = in.T, Dk = in.Dk, Dv = in.Dv;
+  const int64_t C = std::min(chunk_size, T);
+  const int64_t N = (T + C - 1) / C;
+  const int64_t pad = N * C - T;
+  // Padding tokens have g = 0, beta = 0, k = v = 0: they leave the state unchanged (alpha = 1, no write), so the
+  // final state is exact and their outputs are simply cut off.
+  auto pad_time = [&](const at::Tensor& x) {  // [B, H, T, D] or [B, H, T]
+    if (pad == 0) return x;
+    return x.dim() == 4 ? at::constant_pad_nd(x, {0, 0, 0, pad}) : at::constant_pad_nd(x, {0, pad});
+  };
+  at::Tensor Q = pad_time(in.q).reshape({B, H, N, C, Dk}) * scale;   // [B, H, N, C, Dk]
+  at::Tensor K = pad_time(in.k).reshape({B, H, N, C, Dk});           // [B, H, N, C, Dk]
+  at::Tensor V = pad_time(in.v).reshape({B, H, N, C, Dv});           // [B, H, N, C, Dv]
+  at::Tensor Bt = pad_time(in.beta).reshape({B, H, N, C, 1});        // [B, H, N, C, 1]
+  at::Tensor gam = pad_time(in.g).reshape({B, H, N, C}).cumsum(-1);  // [B, H, N, C] in-chunk cumulative log decay
+
+  at::TensorOptions bopt = in.q.options().dtype(at::kBool);
+  at::Tensor upper = at::ones({C, C}, bopt).triu(1);                 // [C, C] j > i
+  at::Tensor not_strict_lower = at::ones({C, C}, bopt).triu(0);      // [C, C] j >= i
+  // Gamma_ij = exp(gamma_i - gamma_j) for j <= i, else 0 (masked before exp so the j > i entries cannot overflow).
+  at::Tensor Gamma = (gam.unsqueeze(-1) - gam.unsqueeze(-2)).masked_fill(upper, -INFINITY).exp();  // [B,H,N,C,C]
+
+  // UT transform: (I + A) with A = strictly-lower(diag(beta) (K K^T o Gamma)) turns the chunk's C sequential
+  // rank-1 delta updates into W = (I + A)^-1 (beta o exp(gamma) o K) and U = (I + A)^-1 (beta o V), one
+  // unit-lower-triangular solve for both right-hand sides.
+  at::Tensor A = (Bt * at::matmul(K, K.transpose(-1, -2)) * Gamma).masked_fill(not_strict_lower, 0.0);  // [B,H,N,C,C]
+  at::Tensor IA = A + at::eye(C, in.q.options());                                                      // [B,H,N,C,C]
+  at::Tensor rhs = at::cat({Bt * gam.exp().unsqueeze(-1) * K, Bt * V}, -1);                            // [B,H,N,C,Dk+Dv]
+  at::Tensor WU = at::linalg_solve_triangular(IA, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
+  at::Tensor W = WU.narrow(-1, 0, Dk);                                                                 // [B,H,N,C,Dk]
+  at::Tensor U = WU.narrow(-1, Dk, Dv);                                                                // [B,H,N,C,Dv]
+
+  at::Tensor intra = at::matmul(Q, K.transpose(-1, -2)) * Gamma;            // [B, H, N, C, C] causal, diagonal kept
+  at::Tensor Q_dec = Q * gam.exp().unsqueeze(-1);                           // [B, H, N, C, Dk]
+  at::Tensor g_last = gam.narrow(-1, C - 1, 1);                             // [B, H, N, 1]
+  at::Tensor K_dec = K * (g_last - gam).exp().unsqueeze(-1);                // [B, H, N, C, Dk]
+  at::Tensor chunk_decay = g_last.exp().unsqueeze(-1);                      // [B, H, N, 1, 1]
+
+  // The serial part: per chunk, the prediction errors given the incoming state, the outputs, the next state.
+  at::Tensor S = in.state;                                                  // [B, H, Dv, Dk]
+  std::vector<at::Tensor> outs;
+  outs.reserve(N);
+  for (int64_t n = 0; n < N; ++n) {
+    at::Tensor St = S.transpose(-1, -2);                                    // [B, H, Dk, Dv]
+    at::Tensor v_new = U.select(2, n) - at::matmul(W.select(2, n), St);     // [B, H, C, Dv]
+    outs.push_back(at::matmul(Q_dec.select(2, n), St) + at::matmul(intra.select(2, n), v_new));  // [B, H, C, Dv]
+    S = chunk_decay.select(2, n) * S + at::matmul(v_new.transpose(-1, -2), K_dec.select(2, n));  // [B, H, Dv, Dk]
+  }
+  at::Tensor o = at::cat(outs, 2).narrow(2, 0, T);                          // [B, H, T, Dv]
+  return {finish_output(o, v.scalar_type()), S};
+}
+
+}  // namespace hylo
