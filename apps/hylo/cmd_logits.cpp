@@ -1,0 +1,77 @@
+// hylo logits MODEL --ids "1 2 3" --out OUT.safetensors [--dtype fp32|bf16] [--device cpu|cuda]
+// Developer command used by the parity tests: one stateless forward over the given ids (no BOS added) and
+// the fp32 logits [T, V] written as tensor "logits" of a safetensors file.
+#include <sstream>
+
+#include "command.h"
+#include "hylo/core/result.h"
+#include "hylo/io/safetensors.h"
+#include "hylo/model/causal_lm.h"
+#include "hylo/ops/tensor_util.h"
+
+namespace hylo::cli {
+namespace {
+
+struct LogitsArgs {
+  std::string model, ids, out;
+  std::string dtype = "fp32", device = "cpu";
+};
+
+std::vector<int64_t> parse_id_list(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::string s = text;
+  for (char& c : s)
+    if (c == ',') c = ' ';
+  std::istringstream in(s);
+  std::string tok;
+  while (in >> tok) {
+    size_t used = 0;
+    int64_t v = -1;
+    try {
+      v = std::stoll(tok, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != tok.size() || v < 0) throw Error("--ids: '" + tok + "' is not a non-negative integer id");
+    ids.push_back(v);
+  }
+  if (ids.empty()) throw Error("--ids: no ids given");
+  return ids;
+}
+
+int run_logits(const LogitsArgs& a) {
+  LoadOptions opts;
+  opts.dtype = parse_scalar_type(a.dtype);
+  opts.device = parse_device(a.device);
+  auto model = CausalLM::load(a.model, opts);
+  std::vector<int64_t> ids = parse_id_list(a.ids);
+  for (int64_t id : ids)
+    if (id >= model->config().vocab_size)
+      throw Error("--ids: id " + std::to_string(id) + " is outside the vocabulary (size " +
+                  std::to_string(model->config().vocab_size) + ")");
+  at::Tensor input = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);  // [1, T]
+  at::Tensor logits = model->forward(input).squeeze(0).to(at::kCPU).contiguous();        // [T, V] fp32
+  io::TensorToWrite t;
+  t.name = "logits";
+  t.dtype = io::DType::kF32;
+  t.shape = {logits.size(0), logits.size(1)};
+  t.bytes = std::span<const std::byte>(static_cast<const std::byte*>(logits.data_ptr()), logits.nbytes());
+  io::write_safetensors(a.out, {t}).value_or_throw();
+  return 0;
+}
+
+CommandRun setup(CLI::App& app) {
+  auto a = std::make_shared<LogitsArgs>();
+  app.add_option("model", a->model, "HF model directory or GGUF file")->required();
+  app.add_option("--ids", a->ids, "token ids, space or comma separated (no BOS is added)")->required();
+  app.add_option("--out", a->out, "output .safetensors file (tensor 'logits', [T, V] fp32)")->required();
+  app.add_option("--dtype", a->dtype, "model dtype: fp32 or bf16")->capture_default_str();
+  app.add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  return [a] { return run_logits(*a); };
+}
+
+}  // namespace
+
+HYLO_COMMAND(logits, "logits", "write the fp32 logits of one forward over given token ids (developer tool)", setup);
+
+}  // namespace hylo::cli
