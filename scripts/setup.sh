@@ -30,11 +30,28 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   log "installing Python requirements (torch 2.11.0 is several GB; pip's cache is kept)"
   "$HYLO_VENV/bin/python" -m pip install -q --upgrade pip
   "$HYLO_VENV/bin/python" -m pip install -q -r "$root/scripts/requirements.txt"
-  # mamba_ssm is an oracle only: its pure-PyTorch reference math, without the CUDA extension build.
-  MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
-    "$HYLO_VENV/bin/python" -m pip install -q --no-build-isolation --no-deps "mamba-ssm==2.2.4" ||
-    log "warning: mamba-ssm could not be installed; the SSD oracle test will say so"
   echo "$want" >"$stamp"
+fi
+
+# --- mamba_ssm's reference math (SSD oracle): its source, never built or installed --------------------------
+# `pip install mamba-ssm` needs nvcc; the oracle needs only pure-PyTorch files (ssd_minimal.py and the *_ref
+# functions), which tests/oracles/test_mamba2_ssd.py imports from here by path.
+mamba_ver=2.2.4
+mamba_ref="$HYLO_CACHE/oracles/mamba_ssm_ref"
+if [[ "$(cat "$mamba_ref/.version" 2>/dev/null)" != "$mamba_ver" ]]; then
+  log "fetching the mamba-ssm==$mamba_ver source for the SSD oracle"
+  tmp="$(mktemp -d)"
+  # pip runs the sdist's setup.py to read its metadata even for a download; that script imports torch (from the
+  # venv, hence no build isolation) and `wheel`, which is given to it on PYTHONPATH only.
+  "$HYLO_VENV/bin/python" -m pip download -q --no-deps wheel -d "$tmp/tools"
+  "$HYLO_VENV/bin/python" -m zipfile -e "$(ls "$tmp"/tools/wheel-*.whl | head -n1)" "$tmp/tools/site"
+  MAMBA_SKIP_CUDA_BUILD=TRUE PYTHONPATH="$tmp/tools/site" "$HYLO_VENV/bin/python" -m pip download -q --no-deps \
+    --no-build-isolation --no-binary :all: "mamba-ssm==$mamba_ver" -d "$tmp"
+  tar xzf "$tmp/mamba_ssm-$mamba_ver.tar.gz" -C "$tmp"
+  rm -rf "$mamba_ref" && mkdir -p "$mamba_ref"
+  cp -r "$tmp/mamba_ssm-$mamba_ver/mamba_ssm" "$mamba_ref/"
+  echo "$mamba_ver" >"$mamba_ref/.version"
+  rm -rf "$tmp"
 fi
 
 # --- shared data (tokenizers and text), unpacked outside git ------------------------------------------------
