@@ -24,6 +24,8 @@ import torch
 from einops import repeat
 from safetensors.torch import load_file, save_file
 
+torch.set_num_threads(1)  # tiny tensors: threads would only spin
+
 TESTOPS = os.environ.get("HYLO_TESTOPS", "build/bin/hylo_testops")
 CACHE = Path(os.environ.get("HYLO_CACHE", Path.home() / ".cache" / "hylo"))
 REF_ROOT = CACHE / "oracles" / "mamba_ssm_ref"
@@ -48,7 +50,8 @@ def run_op(tmp_path, op, tensors, **params):
     src, dst = tmp_path / f"{op}_in.safetensors", tmp_path / f"{op}_out.safetensors"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(src))
     args = [TESTOPS, op, str(src), str(dst)] + [f"{k}={v}" for k, v in params.items()]
-    r = subprocess.run(args, capture_output=True, text=True)
+    # Tiny tensors: intra-op threads would only spin (and cost CPU time on a shared machine).
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     return load_file(str(dst))
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +14,10 @@
 #include <vector>
 
 namespace hylo::test {
+
+// These tests use tiny tensors, for which intra-op threads only cost: on a shared machine their spinning
+// multiplied the CPU time of this binary by ~10. Runs once per process (an inline variable).
+inline const bool kSingleThreaded = (at::set_num_threads(1), true);
 
 // max |a - ref| / max |ref|, in fp64 (a scale-aware error that one large entry cannot hide behind an RMS).
 inline double max_rel_error(const at::Tensor& a, const at::Tensor& ref) {
