@@ -1,8 +1,5 @@
-"""Mamba2 SSD against mamba_ssm's own reference math (state-spaces/mamba 2.2.4, pure-PyTorch parts).
-
-scripts/setup.sh puts the mamba_ssm source (never built: its CUDA extension cannot build here) under
-$HYLO_CACHE/oracles/mamba_ssm_ref; it is imported from there by path, skipping the package __init__ (which
-loads the CUDA extension). The oracles:
+"""Mamba2 SSD against mamba_ssm's own reference math (state-spaces/mamba 2.2.4, pure-PyTorch parts, loaded
+by mamba_ssm_ref.py from the source scripts/setup.sh fetches). The oracles:
   * ssd_minimal_discrete (mamba_ssm/modules/ssd_minimal.py, "Listing 1" of the paper) for the sequence forms,
     plus its gradients through torch autograd; it has no D term and needs per-head B/C and T % block == 0, so
     the D*x skip, the group broadcast ("(g h)", as mamba_ssm's chunk_scan_ref does) and zero-dt padding are
@@ -12,55 +9,11 @@ Tolerances: fp64 runs must agree to 1e-10 relative (both sides are exact math); 
 most 4x the error of mamba_ssm's own fp32 run of the same reference (against the fp64 oracle on the same
 fp32-rounded inputs) plus a floor of 8 fp32 ulps.
 """
-import importlib
-import os
-import subprocess
-import sys
-import types
-from pathlib import Path
-
 import pytest
 import torch
 from einops import repeat
-from safetensors.torch import load_file, save_file
 
-torch.set_num_threads(1)  # tiny tensors: threads would only spin
-
-TESTOPS = os.environ.get("HYLO_TESTOPS", "build/bin/hylo_testops")
-CACHE = Path(os.environ.get("HYLO_CACHE", Path.home() / ".cache" / "hylo"))
-REF_ROOT = CACHE / "oracles" / "mamba_ssm_ref"
-
-
-def load_mamba_ref():
-    if not (REF_ROOT / "mamba_ssm" / "modules" / "ssd_minimal.py").is_file():
-        pytest.fail(f"mamba_ssm reference source missing under {REF_ROOT}: run scripts/setup.sh")
-    if "mamba_ssm" not in sys.modules:
-        pkg = types.ModuleType("mamba_ssm")  # a bare package: its __init__ would import the CUDA extension
-        pkg.__path__ = [str(REF_ROOT / "mamba_ssm")]
-        sys.modules["mamba_ssm"] = pkg
-    minimal = importlib.import_module("mamba_ssm.modules.ssd_minimal")
-    ssu = importlib.import_module("mamba_ssm.ops.triton.selective_state_update")
-    return minimal.ssd_minimal_discrete, ssu.selective_state_update_ref
-
-
-SSD_MINIMAL, STATE_UPDATE_REF = load_mamba_ref()
-
-
-def run_op(tmp_path, op, tensors, **params):
-    src, dst = tmp_path / f"{op}_in.safetensors", tmp_path / f"{op}_out.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(src))
-    args = [TESTOPS, op, str(src), str(dst)] + [f"{k}={v}" for k, v in params.items()]
-    # Tiny tensors: intra-op threads would only spin (and cost CPU time on a shared machine).
-    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
-    return load_file(str(dst))
-
-
-def rel(a, ref):
-    a, ref = a.double(), ref.double()
-    scale = ref.abs().max().item()
-    err = (a - ref).abs().max().item()
-    return err / scale if scale > 0 else err
+from mamba_ssm_ref import rel, run_op, selective_state_update_ref, ssd_reference
 
 
 def make_inputs(b, t, h, p, n, g, with_state, seed):
@@ -84,19 +37,8 @@ def make_inputs(b, t, h, p, n, g, with_state, seed):
 
 
 def mamba_reference(inp, block):
-    """y, final_state from ssd_minimal_discrete, in the dtype of the inputs."""
-    x, dt, A, B, C, D = (inp[k] for k in ("x", "dt", "A", "B", "C", "D"))
-    b, t, h, p = x.shape
-    g = B.shape[2]
-    Bh = repeat(B, "b l g n -> b l (g r) n", r=h // g)
-    Ch = repeat(C, "b l g n -> b l (g r) n", r=h // g)
-    pad = (-t) % block
-    pad_t = lambda v: torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, pad))  # noqa: E731
-    X, dA = pad_t(x * dt[..., None]), pad_t(A * dt)
-    init = inp.get("initial_state")
-    y, final = SSD_MINIMAL(X, dA, pad_t(Bh), pad_t(Ch), block,
-                           initial_states=None if init is None else init[:, None])
-    return y[:, :t] + x * D[:, None], final
+    """y, final_state from mamba_ssm's ssd_minimal_discrete, in the dtype of the inputs."""
+    return ssd_reference(*(inp.get(k) for k in ("x", "dt", "A", "B", "C", "D", "initial_state")), block)
 
 
 def reference_with_grads(inp, weights, block):
@@ -156,7 +98,7 @@ def test_recurrent_step_matches_selective_state_update_ref(tmp_path, h, g):
     B, C = torch.randn(b, g, n, **f), torch.randn(b, g, n, **f)
     state = torch.randn(b, h, p, n, **f)
     ref_state = state.clone()
-    y_ref = STATE_UPDATE_REF(ref_state, x, repeat(dt, "b h -> b h p", p=p), repeat(A, "h -> h p n", p=p, n=n),
+    y_ref = selective_state_update_ref(ref_state, x, repeat(dt, "b h -> b h p", p=p), repeat(A, "h -> h p n", p=p, n=n),
                              B, C, D=repeat(D, "h -> h p", p=p))
     out = run_op(tmp_path, "ssd_recurrent", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "state": state})
     assert rel(out["y"], y_ref) <= 1e-12

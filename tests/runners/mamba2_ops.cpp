@@ -7,10 +7,17 @@
 //   ssd_naive      the same inputs and outputs, token by token
 //   ssd_recurrent  one token: x [B,H,P], dt [B,H], A, B [B,G,N], C [B,Gc,N], optionally D and state
 //                  -> y [B,H,P], final_state (the updated state)
+//   mamba2_mixer   inputs: x [B, T, D] and the mixer's parameters by their names without layer prefix
+//                  ("mamba.in_proj.weight", ...). Parameters: heads, d_state, d_xb, conv (4), chunk (256),
+//                  norm_group (0 = d_inner/heads), repeat_before_conv (0/1), eps (1e-5), and prefill: 0 runs
+//                  one stateless forward; k > 0 prefills the first k tokens into a state and decodes the rest
+//                  one token at a time.                      -> y [B, T, D]
 // The computation runs in the dtype of x (fp32 compute for bf16/fp16, as the ops document).
 #include <string>
 #include <vector>
 
+#include "hylo/core/result.h"
+#include "hylo/model/mixer.h"
 #include "hylo/ops/ssd.h"
 #include "testops.h"
 
@@ -67,6 +74,42 @@ const OpRegistrar reg_naive("ssd_naive", [](const TensorMap& in, const Params& p
 const OpRegistrar reg_recurrent("ssd_recurrent", [](const TensorMap& in, const Params& p) {
   return run_ssd(in, p, Form::kRecurrent);
 });
+
+TensorMap run_mixer(const TensorMap& in, const Params& p) {
+  const at::Tensor& x = input(in, "x");  // [B, T, D]
+  ModelConfig config;
+  config.hidden_size = x.size(2);
+  LayerSpec layer;
+  layer.mixer = MixerKind::kMamba2;
+  Mamba2Spec& m = layer.mamba2;
+  m.n_heads = param_int(p, "heads", 0);
+  m.d_state = param_int(p, "d_state", 0);
+  m.head_dim = m.d_state;
+  m.d_inner = m.n_heads * m.d_state;
+  m.d_xb = param_int(p, "d_xb", 0);
+  m.conv_size = param_int(p, "conv", 4);
+  m.chunk_size = param_int(p, "chunk", 256);
+  m.norm_group_size = param_int(p, "norm_group", 0);
+  m.repeat_kv_before_conv = param_int(p, "repeat_before_conv", 0) != 0;
+  m.norm_eps = param_double(p, "eps", 1e-5);
+  config.layers.push_back(layer);
+  auto opts = x.options();
+  auto mixer = make_mixer(config, layer, opts);
+  mixer->visit_parameters("", [&](const std::string& name, at::Tensor& t) {
+    const at::Tensor& v = input(in, name);
+    if (v.numel() != t.numel()) throw Error("mamba2_mixer: input '" + name + "' has the wrong number of elements");
+    t = v.reshape(t.sizes()).to(opts);
+  });
+  const int64_t T = x.size(1), prefill = param_int(p, "prefill", 0);
+  if (prefill <= 0) return {{"y", mixer->forward(x, at::arange(T), nullptr)}};
+  if (prefill > T) throw Error("mamba2_mixer: prefill exceeds the sequence length");
+  auto state = mixer->new_state(x.size(0), T, opts);
+  std::vector<at::Tensor> ys{mixer->forward(x.narrow(1, 0, prefill), at::arange(prefill), state.get())};
+  for (int64_t t = prefill; t < T; ++t) ys.push_back(mixer->forward(x.narrow(1, t, 1), at::arange(t, t + 1), state.get()));
+  return {{"y", at::cat(ys, 1)}};
+}
+
+const OpRegistrar reg_mixer("mamba2_mixer", run_mixer);
 
 }  // namespace
 }  // namespace hylo::testops
