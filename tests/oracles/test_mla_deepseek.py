@@ -30,6 +30,8 @@ from transformers import DeepseekV3Config
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as ds
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
 
+torch.set_num_threads(1)  # tiny tensors: threads would only spin
+
 TESTOPS = os.environ.get("HYLO_TESTOPS") or os.path.join(os.environ.get("HYLO_BUILD_DIR", "build"), "bin",
                                                          "hylo_testops")
 EPS32 = 2.0 ** -23
@@ -44,7 +46,7 @@ def run_op(op, tensors, **params):
         src, dst = os.path.join(d, "in.safetensors"), os.path.join(d, "out.safetensors")
         save_file({k: v.contiguous() for k, v in tensors.items()}, src)
         args = [TESTOPS, op, src, dst] + [f"{k}={v}" for k, v in params.items()]
-        r = subprocess.run(args, capture_output=True, text=True)
+        r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, f"{' '.join(args)} failed: {r.stderr}"
         return load_file(dst)
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/rope.h"
 
 namespace hylo::ops {
 namespace {
@@ -111,11 +112,9 @@ at::Tensor apply_mla_rope(const at::Tensor& x, const RotaryTables& tables, RopeP
                 std::to_string(tables.cos.size(0)) + ", " + std::to_string(tables.cos.size(1)) + "], got " +
                 c10::str(x.sizes()));
   at::Tensor v = order == RopePairOrder::kDeepSeekPairs ? deepseek_pair_permute(x) : x;  // [B, T, N, Dr]
-  const int64_t half = v.size(3) / 2;
   at::Tensor cos = tables.cos.to(v.scalar_type()).unsqueeze(0).unsqueeze(2);        // [1, T, 1, Dr]
   at::Tensor sin = tables.sin.to(v.scalar_type()).unsqueeze(0).unsqueeze(2);        // [1, T, 1, Dr]
-  at::Tensor rotated = at::cat({-v.narrow(3, half, half), v.narrow(3, 0, half)}, 3);  // rotate_half(v)
-  return v * cos + rotated * sin;
+  return v * cos + rotate_half(v) * sin;
 }
 
 }  // namespace hylo::ops

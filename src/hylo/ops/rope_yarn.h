@@ -15,6 +15,12 @@
 // (view(d/2,2).transpose.reshape) and then apply the half-split rotation x*cos + rotate_half(x)*sin; the result
 // stays in the permuted layout. transformers' DeepseekV3 with rope_interleave=True computes exactly this;
 // rope_interleave=False is the plain half-split rotation without the permutation (kHalfSplit here).
+//
+// Why not ops/rope.h's tables: those reproduce transformers' fp32 arithmetic bit for bit (right for the GQA
+// teacher). Here inv_freq and the angles are fp64 -- at the 64K-2M positions HyLo serves, an fp32 angle
+// pos * inv_freq is off by up to pos * 2^-24 rad (0.06 rad at 1M) -- and the cos/sin scale follows DeepSeek's
+// mscale(f, mscale) / mscale(f, mscale_all_dim), which differs from HF's when mscale_all_dim is 0 and mscale != 1.
+// The rotation itself is ops/rope.h's rotate_half.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
 #include <cmath>
@@ -12,6 +13,9 @@
 #include "hylo/model/mixers/mla.h"
 
 namespace hylo::mla_test {
+
+// Tiny tensors: intra-op threads would only spin on the shared 2-core machine. Runs once per process.
+inline const bool kSingleThreaded = (at::set_num_threads(1), true);
 
 inline ModelConfig config_with(int64_t hidden, const MlaSpec& spec) {
   ModelConfig c;
