@@ -338,6 +338,9 @@ Result<ModelConfig> model_config_from_hf_json(const nlohmann::json& j, const std
     l.intermediate_size = intermediate;
     l.mlp_bias = has_mlp_bias;
   }
+  // Kept when the layers are later replaced by a hybrid block (hybrid_config.h), so the backbone stays known.
+  c.backbone_attention = gqa;
+  c.backbone_intermediate_size = intermediate;
   return c;
 }
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hylo/config/hf_config.h"
+#include "hylo/config/hybrid_config.h"
 #include "hylo/core/result.h"
 #include "hylo/io/safetensors.h"
 #include "hylo/model/load_weights.h"
@@ -188,27 +189,22 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 std::unique_ptr<CausalLM> load_hf_directory(const std::filesystem::path& dir, const LoadOptions& options) {
-  const auto config_path = dir / "config.json";
-  auto text = read_text_file(config_path);
-  if (!text.ok()) throw Error(text.error());
-  auto json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) throw Error(config_path.string() + ": not valid JSON");
-  if (json.is_object() && json.contains("hybrid"))
-    throw Error(dir.string() + ": config.json has a 'hybrid' block -- this is a hylo hybrid checkpoint, which this "
-                "build cannot load as a model yet (not a hylo checkpoint yet: only HF Transformer directories and GGUF "
-                "files are supported)");
-  ModelConfig config = model_config_from_hf_json(json, config_path.string()).value_or_throw();
+  // The tensor shapes are needed before the config is complete: AMD hybrids publish no GDN dims.
   auto ckpt = io::SafetensorsCheckpoint::open(dir).value_or_throw();
+  auto shape_of = [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
+    const io::TensorInfo* info = ckpt.find(name);
+    if (!info) return std::nullopt;
+    return info->shape;
+  };
+  // A plain HF Transformer, a hylo hybrid (config.json with a `hybrid` block) or an AMD HyLo/Zebra hybrid
+  // (hybrid_config.json beside config.json).
+  ModelConfig config = load_model_dir_config(dir, shape_of).value_or_throw();
   auto model =
       std::make_unique<CausalLM>(config, at::TensorOptions().dtype(options.dtype).device(options.device));
   detail::WeightSource src;
   src.description = dir.string();
   src.names = ckpt.names();
-  src.shape_of = [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
-    const io::TensorInfo* info = ckpt.find(name);
-    if (!info) return std::nullopt;
-    return info->shape;
-  };
+  src.shape_of = shape_of;
   src.load = [&](const std::string& name) { return tensor_from_view(ckpt.view(name).value_or_throw()); };
   const bool tied = config.tie_word_embeddings;
   src.ignorable = [tied](const std::string& name) {
