@@ -3,6 +3,8 @@
 // boundaries, gradients of the chunk form == those of the naive form, and finite differences.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <tuple>
 
 #include "hylo/ops/ssd.h"
@@ -38,6 +40,7 @@ TEST(Ssd, ChunkEqualsNaiveFp64) {
   for (auto [H, G, Gc] : {std::tuple{1, 1, 1}, {4, 1, 1}, {8, 2, 8}, {6, 3, 2}, {6, 6, 6}})
     cases.push_back({{2, 77, H, 5, 16, G, Gc, 0, true}, {1, 16}});
   uint64_t seed = 1;
+  double worst_y = 0, worst_state = 0;
   for (auto& [s, chunk_sizes] : cases) {
     auto in = make_ssd_inputs(s.batch, s.T, s.H, s.P, s.N, s.G, s.Gc, s.with_state, seed++);
     SsdOutput ref = ssd_naive(in.x, in.dt, in.A, in.B, in.C, in.D, in.state);
@@ -46,10 +49,14 @@ TEST(Ssd, ChunkEqualsNaiveFp64) {
       sq.Q = Q;
       SsdOutput got = ssd_chunk(in.x, in.dt, in.A, in.B, in.C, in.D, in.state, Q);
       ASSERT_EQ(got.y.sizes(), in.x.sizes()) << describe(sq);
-      EXPECT_LE(max_rel_error(got.y, ref.y), 1e-10) << describe(sq);
-      EXPECT_LE(max_rel_error(got.final_state, ref.final_state), 1e-10) << describe(sq);
+      const double ey = max_rel_error(got.y, ref.y), es = max_rel_error(got.final_state, ref.final_state);
+      EXPECT_LE(ey, 1e-10) << describe(sq);
+      EXPECT_LE(es, 1e-10) << describe(sq);
+      worst_y = std::max(worst_y, ey);
+      worst_state = std::max(worst_state, es);
     }
   }
+  std::printf("[ssd fp64 chunk vs naive] worst relative error: y %.3g, final state %.3g\n", worst_y, worst_state);
 }
 
 TEST(Ssd, EmptySequenceKeepsState) {
@@ -154,8 +161,14 @@ TEST(Ssd, ChunkGradientsEqualNaiveGradients) {
       for (auto& t : leaves) grads[form].push_back(t.grad());
     }
     const char* names[] = {"x", "dt", "A", "B", "C", "D", "initial_state"};
-    for (size_t i = 0; i < grads[0].size(); ++i)
-      EXPECT_LE(max_rel_error(grads[1][i], grads[0][i]), 1e-10) << "d/d" << names[i] << " T=" << T << " Q=" << Q;
+    double worst = 0;
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      const double e = max_rel_error(grads[1][i], grads[0][i]);
+      EXPECT_LE(e, 1e-10) << "d/d" << names[i] << " T=" << T << " Q=" << Q;
+      worst = std::max(worst, e);
+    }
+    std::printf("[ssd fp64 gradients chunk vs naive T=%ld Q=%ld] worst relative error %.3g\n", static_cast<long>(T),
+                static_cast<long>(Q), worst);
   }
 }
 
