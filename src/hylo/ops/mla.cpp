@@ -16,25 +16,25 @@ struct Dims {
 Dims check_inputs(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv, const at::Tensor& k_pe,
                   const at::Tensor& kv_b_weight, int64_t num_kv_groups, int64_t q_offset) {
   auto fail = [](const std::string& what) { throw Error("mla attention: " + what); };
-  if (q_nope.dim() != 4) fail("q_nope must be [B, T, H, P], got " + c10::str(q_nope.sizes()));
+  if (q_nope.dim() != 4) fail("q_nope must be [B, T, H, Dn], got " + c10::str(q_nope.sizes()));
   Dims d{};
   d.b = q_nope.size(0), d.t = q_nope.size(1), d.h = q_nope.size(2), d.p = q_nope.size(3);
   if (q_pe.dim() != 4 || q_pe.size(0) != d.b || q_pe.size(1) != d.t || q_pe.size(2) != d.h)
-    fail("q_pe must be [B, T, H, R] = [" + std::to_string(d.b) + ", " + std::to_string(d.t) + ", " +
-         std::to_string(d.h) + ", R], got " + c10::str(q_pe.sizes()));
+    fail("q_pe must be [B, T, H, Dr] = [" + std::to_string(d.b) + ", " + std::to_string(d.t) + ", " +
+         std::to_string(d.h) + ", Dr], got " + c10::str(q_pe.sizes()));
   d.r = q_pe.size(3);
-  if (c_kv.dim() != 3 || c_kv.size(0) != d.b) fail("c_kv must be [B, S, C], got " + c10::str(c_kv.sizes()));
+  if (c_kv.dim() != 3 || c_kv.size(0) != d.b) fail("c_kv must be [B, S, Rkv], got " + c10::str(c_kv.sizes()));
   d.s = c_kv.size(1), d.c = c_kv.size(2);
   if (k_pe.dim() != 3 || k_pe.size(0) != d.b || k_pe.size(1) != d.s || k_pe.size(2) != d.r)
-    fail("k_pe must be [B, S, R] = [" + std::to_string(d.b) + ", " + std::to_string(d.s) + ", " +
+    fail("k_pe must be [B, S, Dr] = [" + std::to_string(d.b) + ", " + std::to_string(d.s) + ", " +
          std::to_string(d.r) + "], got " + c10::str(k_pe.sizes()));
   if (num_kv_groups <= 0 || d.h % num_kv_groups != 0)
     fail("num_kv_groups " + std::to_string(num_kv_groups) + " must divide num_heads " + std::to_string(d.h));
   d.g = num_kv_groups, d.rep = d.h / d.g;
   if (kv_b_weight.dim() != 2 || kv_b_weight.size(1) != d.c || kv_b_weight.size(0) % d.g != 0 ||
       kv_b_weight.size(0) / d.g <= d.p)
-    fail("kv_b_proj.weight must be [G*(P+V), C] with G=" + std::to_string(d.g) + ", P=" + std::to_string(d.p) +
-         ", C=" + std::to_string(d.c) + ", got " + c10::str(kv_b_weight.sizes()));
+    fail("kv_b_proj.weight must be [G*(Dn+Dv), Rkv] with G=" + std::to_string(d.g) + ", Dn=" + std::to_string(d.p) +
+         ", Rkv=" + std::to_string(d.c) + ", got " + c10::str(kv_b_weight.sizes()));
   d.v = kv_b_weight.size(0) / d.g - d.p;
   if (q_offset < 0 || q_offset + d.t > d.s)
     fail("q_offset " + std::to_string(q_offset) + " + T " + std::to_string(d.t) + " exceeds the " +
@@ -71,7 +71,7 @@ at::Tensor causal_softmax(const at::Tensor& scores, double scale, const Dims& d,
 
 MlaUpProjections mla_split_kv_b(const at::Tensor& kv_b_weight, int64_t num_kv_groups, int64_t nope_dim) {
   const int64_t rows = kv_b_weight.size(0) / num_kv_groups;
-  at::Tensor w = kv_b_weight.reshape({num_kv_groups, rows, kv_b_weight.size(1)});  // [G, P+V, C]
+  at::Tensor w = kv_b_weight.reshape({num_kv_groups, rows, kv_b_weight.size(1)});  // [G, Dn+Dv, Rkv]
   return {w.narrow(1, 0, nope_dim), w.narrow(1, nope_dim, rows - nope_dim)};
 }
 
@@ -80,34 +80,34 @@ at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor
                                       int64_t num_kv_groups, double scale, int64_t q_offset) {
   const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
   // Decompress every key token into its G groups of [k_nope ; v] (kv_b_proj), then append the shared k_pe.
-  at::Tensor kv = at::linear(c_kv, kv_b_weight).reshape({d.b, d.s, d.g, d.p + d.v});  // [B, S, G, P+V]
-  at::Tensor k_nope = kv.narrow(3, 0, d.p).permute({0, 2, 1, 3});                       // [B, G, S, P]
-  at::Tensor v = kv.narrow(3, d.p, d.v).permute({0, 2, 1, 3});                          // [B, G, S, V]
-  at::Tensor k_rot = k_pe.unsqueeze(1).expand({d.b, d.g, d.s, d.r});                    // [B, G, S, R]
-  at::Tensor k = at::cat({k_nope, k_rot}, 3);                                           // [B, G, S, P+R]
-  at::Tensor q = to_groups(at::cat({q_nope, q_pe}, 3), d);                              // [B, G, rep*T, P+R]
+  at::Tensor kv = at::linear(c_kv, kv_b_weight).reshape({d.b, d.s, d.g, d.p + d.v});  // [B, S, G, Dn+Dv]
+  at::Tensor k_nope = kv.narrow(3, 0, d.p).permute({0, 2, 1, 3});                       // [B, G, S, Dn]
+  at::Tensor v = kv.narrow(3, d.p, d.v).permute({0, 2, 1, 3});                          // [B, G, S, Dv]
+  at::Tensor k_rot = k_pe.unsqueeze(1).expand({d.b, d.g, d.s, d.r});                    // [B, G, S, Dr]
+  at::Tensor k = at::cat({k_nope, k_rot}, 3);                                           // [B, G, S, Dn+Dr]
+  at::Tensor q = to_groups(at::cat({q_nope, q_pe}, 3), d);                              // [B, G, rep*T, Dn+Dr]
   at::Tensor scores = at::matmul(q, k.transpose(2, 3));                                 // [B, G, rep*T, S]
   at::Tensor probs = causal_softmax(scores, scale, d, q_offset);                        // [B, G, rep*T, S]
-  at::Tensor out = at::matmul(probs, v);                                                // [B, G, rep*T, V]
-  return from_groups(out, d);                                                           // [B, T, H, V]
+  at::Tensor out = at::matmul(probs, v);                                                // [B, G, rep*T, Dv]
+  return from_groups(out, d);                                                           // [B, T, H, Dv]
 }
 
 at::Tensor mla_attention_absorbed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
                                   const at::Tensor& k_pe, const at::Tensor& kv_b_weight, int64_t num_kv_groups,
                                   double scale, int64_t q_offset) {
   const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
-  MlaUpProjections up = mla_split_kv_b(kv_b_weight, d.g, d.p);                         // [G, P, C], [G, V, C]
+  MlaUpProjections up = mla_split_kv_b(kv_b_weight, d.g, d.p);                         // [G, Dn, Rkv], [G, Dv, Rkv]
   // q~ = q_nope W_UK: the nope query of each head expressed in latent coordinates.
-  at::Tensor q_lat = at::matmul(to_groups(q_nope, d), up.w_uk);                         // [B, G, rep*T, C]
-  at::Tensor q_rot = to_groups(q_pe, d);                                                // [B, G, rep*T, R]
-  at::Tensor c = c_kv.unsqueeze(1);                                                     // [B, 1, S, C]
-  at::Tensor kr = k_pe.unsqueeze(1);                                                    // [B, 1, S, R]
+  at::Tensor q_lat = at::matmul(to_groups(q_nope, d), up.w_uk);                         // [B, G, rep*T, Rkv]
+  at::Tensor q_rot = to_groups(q_pe, d);                                                // [B, G, rep*T, Dr]
+  at::Tensor c = c_kv.unsqueeze(1);                                                     // [B, 1, S, Rkv]
+  at::Tensor kr = k_pe.unsqueeze(1);                                                    // [B, 1, S, Dr]
   at::Tensor scores = at::matmul(q_lat, c.transpose(2, 3)) + at::matmul(q_rot, kr.transpose(2, 3));  // [B, G, rep*T, S]
   at::Tensor probs = causal_softmax(scores, scale, d, q_offset);                        // [B, G, rep*T, S]
-  at::Tensor ctx = at::matmul(probs, c);                                                // [B, G, rep*T, C]
+  at::Tensor ctx = at::matmul(probs, c);                                                // [B, G, rep*T, Rkv]
   // out = ctx W_UV^T: back from latent to value coordinates.
-  at::Tensor out = at::matmul(ctx, up.w_uv.transpose(1, 2));                            // [B, G, rep*T, V]
-  return from_groups(out, d);                                                           // [B, T, H, V]
+  at::Tensor out = at::matmul(ctx, up.w_uv.transpose(1, 2));                            // [B, G, rep*T, Dv]
+  return from_groups(out, d);                                                           // [B, T, H, Dv]
 }
 
 }  // namespace hylo::ops

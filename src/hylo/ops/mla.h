@@ -7,13 +7,13 @@
 //                 over the cached [c ; k_pe] directly; ctx_h = sum_t p_t c_t; out_h = W_UV,g ctx_h. Used for decode.
 //
 // Both compute softmax((q.k) * scale + causal) v with the softmax in fp32 (fp64 for fp64 inputs); they are the
-// same function of their inputs and differ only in rounding. W_kvb is kv_b_proj.weight [G*(P+V), C], whose rows
-// are, per group g, P rows of W_UK,g followed by V rows of W_UV,g (DeepSeek / Zebra layout). V may differ from
-// P+R: ATen's matmul needs no zero-padding of v (flash-attn does; that belongs in a kernel, not here).
+// same function of their inputs and differ only in rounding. W_kvb is kv_b_proj.weight [G*(Dn+Dv), Rkv], whose rows
+// are, per group g, Dn rows of W_UK,g followed by Dv rows of W_UV,g (DeepSeek / Zebra layout). Dv may differ from
+// Dn+Dr: ATen's matmul needs no zero-padding of v (flash-attn does; that belongs in a kernel, not here).
 //
-// Shapes: B batch, T query tokens, S key tokens (cache + new), H heads, G kv groups (H % G == 0), P nope dim,
-// R rope dim, V value dim, C kv_lora_rank. Query t attends to keys s <= q_offset + t (q_offset = tokens already
-// in the cache before these queries; 0 for a stateless forward).
+// Shapes (docs/architecture.md glossary): B batch, T query tokens, S key tokens (cache + new), H heads, G kv
+// groups (H % G == 0), Dn nope dim, Dr rope dim, Dv value dim, Rkv kv_lora_rank. Query t attends to keys
+// s <= q_offset + t (q_offset = tokens already in the cache before these queries; 0 for a stateless forward).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,15 +22,15 @@
 
 namespace hylo::ops {
 
-// W_UK [G, P, C] and W_UV [G, V, C] views of kv_b_proj.weight [G*(P+V), C].
+// W_UK [G, Dn, Rkv] and W_UV [G, Dv, Rkv] views of kv_b_proj.weight [G*(Dn+Dv), Rkv].
 struct MlaUpProjections {
-  at::Tensor w_uk;  // [G, P, C]
-  at::Tensor w_uv;  // [G, V, C]
+  at::Tensor w_uk;  // [G, Dn, Rkv]
+  at::Tensor w_uv;  // [G, Dv, Rkv]
 };
 MlaUpProjections mla_split_kv_b(const at::Tensor& kv_b_weight, int64_t num_kv_groups, int64_t nope_dim);
 
-// q_nope: [B, T, H, P]; q_pe: [B, T, H, R] (rotated); c_kv: [B, S, C]; k_pe: [B, S, R] (rotated);
-// kv_b_weight: [G*(P+V), C]. Returns [B, T, H, V] in q's dtype.
+// q_nope: [B, T, H, Dn]; q_pe: [B, T, H, Dr] (rotated); c_kv: [B, S, Rkv]; k_pe: [B, S, Dr] (rotated);
+// kv_b_weight: [G*(Dn+Dv), Rkv]. Returns [B, T, H, Dv] in q's dtype.
 at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
                                       const at::Tensor& k_pe, const at::Tensor& kv_b_weight,
                                       int64_t num_kv_groups, double scale, int64_t q_offset);

@@ -111,7 +111,7 @@ at::Tensor apply_mla_rope(const at::Tensor& x, const RotaryTables& tables, RopeP
     throw Error("MLA rope: expected x [B, T, N, Dr] matching tables [T, Dr] = [" +
                 std::to_string(tables.cos.size(0)) + ", " + std::to_string(tables.cos.size(1)) + "], got " +
                 c10::str(x.sizes()));
-  at::Tensor v = order == RopePairOrder::kDeepSeekPairs ? deepseek_pair_permute(x) : x;  // [B, T, N, Dr]
+  at::Tensor v = order == RopePairOrder::kDeepSeekPairs ? deepseek_pair_permute(x) : x;  // [B, T, H, Dr]
   at::Tensor cos = tables.cos.to(v.scalar_type()).unsqueeze(0).unsqueeze(2);        // [1, T, 1, Dr]
   at::Tensor sin = tables.sin.to(v.scalar_type()).unsqueeze(0).unsqueeze(2);        // [1, T, 1, Dr]
   return v * cos + rotate_half(v) * sin;

@@ -60,7 +60,7 @@ RotaryTables mla_rope_tables(const RopeConfig& rope, int64_t rope_dim, const at:
 // (x0,x1,x2,x3,..) -> (x0,x2,..,x1,x3,..) on the last dim. x: [..., Dr]; returns [..., Dr].
 at::Tensor deepseek_pair_permute(const at::Tensor& x);
 
-// Rotates x: [B, T, N, Dr] (N heads, 1 for the shared k_pe) with tables of T rows. Returns [B, T, N, Dr] in the
+// Rotates x: [B, T, H, Dr] (H = 1 for the shared k_pe) with tables of T rows. Returns [B, T, H, Dr] in the
 // layout of `order` (permuted for kDeepSeekPairs), in x's dtype.
 at::Tensor apply_mla_rope(const at::Tensor& x, const RotaryTables& tables, RopePairOrder order);
 

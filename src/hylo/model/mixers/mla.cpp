@@ -15,9 +15,9 @@ constexpr double kLatentNormEps = 1e-6;
 // RMSNorm of a latent, as HF computes it but in max(fp32, x.dtype) so that fp64 gradient checks stay fp64.
 at::Tensor latent_rms_norm(const at::Tensor& x, const at::Tensor& weight) {
   at::ScalarType acc = at::promote_types(at::kFloat, x.scalar_type());
-  at::Tensor xa = x.to(acc);                                                      // [..., N]
+  at::Tensor xa = x.to(acc);                                                      // [..., Rq] or [..., Rkv]
   at::Tensor normed = xa * at::rsqrt(xa.pow(2).mean(-1, /*keepdim=*/true) + kLatentNormEps);
-  return weight * normed.to(x.scalar_type());                                      // [..., N]
+  return weight * normed.to(x.scalar_type());                                      // [..., Rq] or [..., Rkv]
 }
 
 void check_spec(const MlaSpec& s, int64_t hidden) {
@@ -97,7 +97,7 @@ std::unique_ptr<MixerState> MlaMixer::new_state(int64_t batch, int64_t max_token
   if (batch <= 0 || max_tokens <= 0)
     throw Error("mla state: batch and max_tokens must be positive, got " + std::to_string(batch) + " and " +
                 std::to_string(max_tokens));
-  at::Tensor cache = at::zeros({batch, max_tokens, spec_.cache_width()}, options);  // [B, N, C+R]
+  at::Tensor cache = at::zeros({batch, max_tokens, spec_.cache_width()}, options);  // [B, S, Rkv+Dr]
   return std::make_unique<MlaState>(std::move(cache), spec_.kv_lora_rank);
 }
 
@@ -112,44 +112,44 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
                 c10::str(positions.sizes()));
 
   // Queries: low-rank (optionally normalised latent) or full-rank projection.
-  at::Tensor q;                                                                    // [B, T, H*(P+R)]
+  at::Tensor q;                                                                    // [B, T, H*(Dn+Dr)]
   if (s.q_lora_rank == 0) {
     q = linear(x, q_proj_w_, q_proj_b_);
   } else {
-    at::Tensor c_q = linear(x, q_a_w_, q_a_b_);                                    // [B, T, r_q]
+    at::Tensor c_q = linear(x, q_a_w_, q_a_b_);                                    // [B, T, Rq]
     if (q_a_norm_w_.defined()) c_q = latent_rms_norm(c_q, q_a_norm_w_);
     q = at::linear(c_q, q_b_w_);
   }
-  q = q.reshape({b, t, h, p + r});                                                 // [B, T, H, P+R]
-  at::Tensor q_nope = q.narrow(3, 0, p);                                           // [B, T, H, P]
-  at::Tensor q_pe = q.narrow(3, p, r);                                             // [B, T, H, R]
+  q = q.reshape({b, t, h, p + r});                                                 // [B, T, H, Dn+Dr]
+  at::Tensor q_nope = q.narrow(3, 0, p);                                           // [B, T, H, Dn]
+  at::Tensor q_pe = q.narrow(3, p, r);                                             // [B, T, H, Dr]
 
   // Latent and the shared rope key of the new tokens.
-  at::Tensor ckv = linear(x, kv_a_w_, kv_a_b_);                                    // [B, T, C+R]
-  at::Tensor c_kv = ckv.narrow(2, 0, c);                                           // [B, T, C]
+  at::Tensor ckv = linear(x, kv_a_w_, kv_a_b_);                                    // [B, T, Rkv+Dr]
+  at::Tensor c_kv = ckv.narrow(2, 0, c);                                           // [B, T, Rkv]
   if (kv_a_norm_w_.defined()) c_kv = latent_rms_norm(c_kv, kv_a_norm_w_);
-  at::Tensor k_pe = ckv.narrow(2, c, r).unsqueeze(2);                              // [B, T, 1, R]
+  at::Tensor k_pe = ckv.narrow(2, c, r).unsqueeze(2);                              // [B, T, 1, Dr]
 
   ops::RotaryTables tables = ops::mla_rope_tables(s.rope, r, positions, x.scalar_type(), x.device());
-  q_pe = ops::apply_mla_rope(q_pe, tables, pair_order_);                          // [B, T, H, R]
-  k_pe = ops::apply_mla_rope(k_pe, tables, pair_order_).squeeze(2);               // [B, T, R]
+  q_pe = ops::apply_mla_rope(q_pe, tables, pair_order_);                          // [B, T, H, Dr]
+  k_pe = ops::apply_mla_rope(k_pe, tables, pair_order_).squeeze(2);               // [B, T, Dr]
 
-  at::Tensor keys = at::cat({c_kv, k_pe}, 2);                                      // [B, T, C+R]
+  at::Tensor keys = at::cat({c_kv, k_pe}, 2);                                      // [B, T, Rkv+Dr]
   int64_t q_offset = 0;
   if (state != nullptr) {
     auto* st = dynamic_cast<MlaState*>(state);
     if (st == nullptr) throw Error("mla mixer: the state passed is not an MLA latent cache");
     q_offset = st->length();
-    keys = st->append(keys.to(st->cache().scalar_type())).to(x.scalar_type());    // [B, S, C+R]
+    keys = st->append(keys.to(st->cache().scalar_type())).to(x.scalar_type());    // [B, S, Rkv+Dr]
   }
-  at::Tensor keys_c = keys.narrow(2, 0, c);                                        // [B, S, C]
-  at::Tensor keys_pe = keys.narrow(2, c, r);                                       // [B, S, R]
+  at::Tensor keys_c = keys.narrow(2, 0, c);                                        // [B, S, Rkv]
+  at::Tensor keys_pe = keys.narrow(2, c, r);                                       // [B, S, Dr]
 
   bool absorbed = form_ == MlaForm::kAbsorbed || (form_ == MlaForm::kAuto && state != nullptr && t == 1);
   at::Tensor o = absorbed ? ops::mla_attention_absorbed(q_nope, q_pe, keys_c, keys_pe, kv_b_w_, s.num_kv_groups,
                                                         softmax_scale_, q_offset)
                           : ops::mla_attention_decompressed(q_nope, q_pe, keys_c, keys_pe, kv_b_w_,
-                                                            s.num_kv_groups, softmax_scale_, q_offset);  // [B, T, H, V]
+                                                            s.num_kv_groups, softmax_scale_, q_offset);  // [B, T, H, Dv]
   return linear(o.reshape({b, t, h * s.v_head_dim}), out_w_, out_b_);              // [B, T, D]
 }
 

@@ -26,12 +26,12 @@ class MlaState : public MixerState {
   int64_t bytes() const override { return static_cast<int64_t>(cache_.nbytes()); }
   int64_t length() const { return length_; }
   int64_t capacity() const { return cache_.size(1); }
-  const at::Tensor& cache() const { return cache_; }  // [B, N, C+R]
-  // Appends entry [B, T, C+R] at position length() and returns the filled prefix [B, length()+T, C+R].
+  const at::Tensor& cache() const { return cache_; }  // [B, S, Rkv+Dr]
+  // Appends entry [B, T, Rkv+Dr] at position length() and returns the filled prefix [B, length()+T, Rkv+Dr].
   at::Tensor append(const at::Tensor& entry);
 
  private:
-  at::Tensor cache_;  // [B, N, C+R] latent c_kv then rotated k_pe
+  at::Tensor cache_;  // [B, S, Rkv+Dr] latent c_kv then rotated k_pe
   int64_t kv_lora_rank_ = 0;
   int64_t length_ = 0;
 };
@@ -56,14 +56,14 @@ class MlaMixer : public Mixer {
   ops::RopePairOrder pair_order_ = ops::RopePairOrder::kDeepSeekPairs;
   double softmax_scale_ = 0.0;
   // Parameters (undefined where the variant has none).
-  at::Tensor q_proj_w_, q_proj_b_;          // [H*(P+R), D], [H*(P+R)]     (q_lora_rank == 0)
-  at::Tensor q_a_w_, q_a_b_;                // [r_q, D], [r_q]
-  at::Tensor q_a_norm_w_;                   // [r_q]                        (latent_norms)
-  at::Tensor q_b_w_;                        // [H*(P+R), r_q]
-  at::Tensor kv_a_w_, kv_a_b_;              // [C+R, D], [C+R]
-  at::Tensor kv_a_norm_w_;                  // [C]                          (latent_norms)
-  at::Tensor kv_b_w_;                       // [G*(P+V), C]
-  at::Tensor out_w_, out_b_;                // [D, H*V], [D]
+  at::Tensor q_proj_w_, q_proj_b_;          // [H*(Dn+Dr), D], [H*(Dn+Dr)]     (q_lora_rank == 0)
+  at::Tensor q_a_w_, q_a_b_;                // [Rq, D], [Rq]
+  at::Tensor q_a_norm_w_;                   // [Rq]                        (latent_norms)
+  at::Tensor q_b_w_;                        // [H*(Dn+Dr), Rq]
+  at::Tensor kv_a_w_, kv_a_b_;              // [Rkv+Dr, D], [Rkv+Dr]
+  at::Tensor kv_a_norm_w_;                  // [Rkv]                          (latent_norms)
+  at::Tensor kv_b_w_;                       // [G*(Dn+Dv), Rkv]
+  at::Tensor out_w_, out_b_;                // [D, H*Dv], [D]
 };
 
 }  // namespace hylo
