@@ -1,5 +1,6 @@
 #include "hylo/ops/ssd.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 #include <vector>
@@ -134,7 +135,8 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
   at::Tensor S0 = initial_or_zeros(initial_state, d, opts);                           // [B, H, P, N]
   if (d.T == 0) return {at::zeros({d.batch, 0, d.H, d.P}, x.options()), S0};
 
-  const int64_t Q = chunk_size;
+  // A sequence shorter than one chunk is one chunk of its own length (same math, no padded Q x Q work).
+  const int64_t Q = std::min(chunk_size, d.T);
   const int64_t nc = (d.T + Q - 1) / Q;
   const int64_t pad = nc * Q - d.T;
   // Padding the tail with dt = 0 (and zero x, B, C) gives decay exp(0) = 1 and no input: the state passes
