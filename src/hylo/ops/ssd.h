@@ -34,8 +34,7 @@ SsdOutput ssd_naive(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial_state);
 
 // Same contract as ssd_naive; chunk_size Q >= 1 (mamba_ssm default 256; a shorter sequence is one chunk of its
-// own length). Any T: the tail chunk is padded with
-// dt = 0 (decay 1, no input), which leaves the state unchanged.
+// own length). Any T: the tail chunk is padded with dt = 0 (decay 1, no input), which leaves the state unchanged.
 SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial_state,
                     int64_t chunk_size = 256);
