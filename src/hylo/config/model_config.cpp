@@ -28,6 +28,9 @@ bool ModelConfig::is_hybrid() const {
 
 namespace {
 
+// Channels of the depthwise conv: over [x | B | C] as stored, or over x and B already repeated to every head.
+int64_t mamba2_conv_dim(const Mamba2Spec& m) { return m.repeat_kv_before_conv ? 3 * m.d_inner : m.d_inner + 2 * m.d_xb; }
+
 int64_t linear_params(int64_t in, int64_t out, bool bias) { return in * out + (bias ? out : 0); }
 
 int64_t mixer_params(const ModelConfig& c, const LayerSpec& l) {
@@ -71,7 +74,7 @@ int64_t mixer_params(const ModelConfig& c, const LayerSpec& l) {
     }
     case MixerKind::kMamba2: {
       const auto& m = l.mamba2;
-      int64_t conv_dim = m.d_inner + 2 * m.d_xb;
+      int64_t conv_dim = mamba2_conv_dim(m);
       int64_t in_proj = d * (2 * m.d_inner + 2 * m.d_xb + m.n_heads);
       int64_t conv = conv_dim * m.conv_size + (m.conv_bias ? conv_dim : 0);
       return in_proj + conv + 3 * m.n_heads /* A_log, D, dt_bias */ + m.d_inner /* norm */ + m.d_inner * d;
@@ -98,7 +101,7 @@ LayerFootprint layer_footprint(const ModelConfig& c, const LayerSpec& l) {
     }
     case MixerKind::kMamba2: {
       const auto& m = l.mamba2;
-      f.state_elems = m.n_heads * m.head_dim * m.d_state + (m.d_inner + 2 * m.d_xb) * (m.conv_size - 1);
+      f.state_elems = m.n_heads * m.head_dim * m.d_state + mamba2_conv_dim(m) * (m.conv_size - 1);
       break;
     }
   }
