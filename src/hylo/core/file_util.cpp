@@ -1,6 +1,7 @@
 #include "hylo/core/file_util.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -92,6 +93,22 @@ Status write_file_atomic(const fs::path& path, std::string_view contents) {
   });
 }
 
+namespace {
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path) == 0 ? 0 : -1; }
+}  // namespace
+
+Status remove_tree(const fs::path& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return {};
+    return make_error(path.string() + ": cannot stat: " + errno_text());
+  }
+  // Depth first (FTW_DEPTH) so directories are empty when removed; FTW_PHYS: never follow symlinks.
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    return make_error(path.string() + ": cannot remove: " + errno_text());
+  return {};
+}
+
 Status commit_directory_atomic(const fs::path& staging_dir, const fs::path& final_dir) {
   std::error_code ec;
   fs::path old;
@@ -106,7 +123,7 @@ Status commit_directory_atomic(const fs::path& staging_dir, const fs::path& fina
     if (!old.empty()) fs::rename(old, final_dir);
     return make_error(final_dir.string() + ": cannot move staged directory into place: " + ec.message());
   }
-  if (!old.empty()) fs::remove_all(old, ec);
+  if (!old.empty()) (void)remove_tree(old);  // the new checkpoint is in place; a leftover old copy is harmless
   return {};
 }
 

@@ -42,6 +42,11 @@ using StreamWriter = std::function<Status(std::FILE* out)>;
 Status write_file_atomic(const std::filesystem::path& path, const StreamWriter& writer);
 Status write_file_atomic(const std::filesystem::path& path, std::string_view contents);
 
+// Removes a file or a directory tree (POSIX nftw, no symlink following). A missing path is not an error.
+// Prefer this over std::filesystem::remove_all: libtorch.so exports its own copy of the std::filesystem
+// symbols, and its remove_all crashes (calls a null function) in binaries linked against it.
+Status remove_tree(const std::filesystem::path& path);
+
 // Replaces directory `final_dir` by `staging_dir` in one rename (the previous one, if any, is removed
 // afterwards), so readers see either the old checkpoint or the complete new one.
 Status commit_directory_atomic(const std::filesystem::path& staging_dir, const std::filesystem::path& final_dir);

@@ -1,0 +1,94 @@
+#include "hylo/model/checkpoint.h"
+
+#include <unistd.h>
+
+#include <vector>
+
+#include "hylo/config/hybrid_config.h"
+#include "hylo/core/file_util.h"
+#include "hylo/io/gguf.h"
+#include "hylo/io/gguf_write.h"
+#include "hylo/io/safetensors.h"
+#include "hylo/ops/tensor_util.h"
+
+namespace hylo {
+namespace fs = std::filesystem;
+
+namespace {
+
+Status copy_tokenizer(const fs::path& source, const fs::path& staging) {
+  std::error_code ec;
+  if (fs::is_directory(source, ec)) {
+    if (!fs::exists(source / "tokenizer.json", ec))
+      return make_error(source.string() + ": no tokenizer.json to copy into the checkpoint");
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                             "generation_config.json", "chat_template.jinja"}) {
+      if (!fs::exists(source / name, ec)) continue;
+      // Read + atomic write rather than fs::copy_file: libtorch.so exports its own std::filesystem (file_util.h).
+      HYLO_TRY(std::string bytes, read_text_file(source / name));
+      HYLO_CHECK_OK(write_file_atomic(staging / name, bytes));
+    }
+    return {};
+  }
+  if (source.extension() == ".gguf") {
+    HYLO_TRY(auto gguf, io::GgufFile::open(source));
+    return io::write_gguf_tokenizer(gguf, staging / "tokenizer.gguf");
+  }
+  if (source.filename() == "tokenizer.json") return copy_tokenizer(source.parent_path(), staging);
+  return make_error(source.string() + ": not a tokenizer source (expected a model directory, tokenizer.json or .gguf)");
+}
+
+Status write_all(CausalLM& model, const fs::path& staging, const fs::path& tokenizer_source) {
+  HYLO_CHECK_OK(write_file_atomic(staging / "config.json", checkpoint_config_to_json(model.config()).dump(2) + "\n"));
+  std::vector<at::Tensor> keep;  // owns the bytes the spans below point into
+  std::vector<io::TensorToWrite> tensors;
+  model.visit_parameters([&](const std::string& name, at::Tensor& t) {
+    at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    keep.push_back(c);
+    io::TensorToWrite w;
+    w.name = name;
+    w.dtype = to_io_dtype(c.scalar_type());
+    w.shape.assign(c.sizes().begin(), c.sizes().end());
+    w.bytes = std::span<const std::byte>(static_cast<const std::byte*>(c.data_ptr()), c.nbytes());
+    tensors.push_back(std::move(w));
+  });
+  HYLO_CHECK_OK(io::write_safetensors(staging / "model.safetensors", tensors, {{"format", "pt"}}));
+  return copy_tokenizer(tokenizer_source, staging);
+}
+
+}  // namespace
+
+Status save_checkpoint(CausalLM& model, const fs::path& dir_in, const fs::path& tokenizer_source) {
+  const fs::path dir = fs::absolute(dir_in).lexically_normal();
+  std::error_code ec;
+  if (dir.has_parent_path()) fs::create_directories(dir.parent_path(), ec);
+  if (ec) return make_error(dir.parent_path().string() + ": cannot create: " + ec.message());
+  fs::path staging = dir;
+  staging += ".staging-" + std::to_string(::getpid());
+  HYLO_CHECK_OK(remove_tree(staging));  // a leftover of an earlier interrupted run with the same pid
+  fs::create_directory(staging, ec);
+  if (ec) return make_error(staging.string() + ": cannot create the staging directory: " + ec.message());
+  Status st = [&]() -> Status {
+    try {
+      return write_all(model, staging, tokenizer_source);
+    } catch (const std::exception& e) {
+      return make_error(dir.string() + ": writing the checkpoint failed: " + e.what());
+    }
+  }();
+  if (!st.ok()) {
+    (void)remove_tree(staging);
+    return st;
+  }
+  st = commit_directory_atomic(staging, dir);
+  if (!st.ok()) (void)remove_tree(staging);
+  return st;
+}
+
+Result<fs::path> checkpoint_tokenizer_path(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::exists(dir / "tokenizer.json", ec)) return dir;
+  if (fs::exists(dir / "tokenizer.gguf", ec)) return dir / "tokenizer.gguf";
+  return make_error(dir.string() + ": the checkpoint holds neither tokenizer.json nor tokenizer.gguf");
+}
+
+}  // namespace hylo
