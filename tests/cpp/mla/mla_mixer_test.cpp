@@ -96,6 +96,7 @@ TEST(MlaMixer, FormsAgreeStateless) {
     m->set_form(MlaForm::kAbsorbed);
     at::Tensor abs = m->forward(x, positions(3, 7), nullptr);
     EXPECT_LT(mla_test::max_abs_diff(dec, abs), 1e-13) << name;
+    RecordProperty(name + "_fp64_max_abs_diff", mla_test::sci(mla_test::max_abs_diff(dec, abs)));
   }
 }
 
@@ -159,12 +160,38 @@ TEST(MlaMixer, Fp32DecodeWithinDerivedTolerance) {
   for (int64_t i = 5; i < t; ++i) outs.push_back(m32->forward(x32.narrow(1, i, 1), pos.narrow(0, i, 1), state.get()));
   const double err = mla_test::rel_rms(at::cat(outs, 1), ref);
   EXPECT_LE(err, 4.0 * base + 8.0 * mla_test::kEps32) << "stateless fp32 " << base << " decode fp32 " << err;
+  RecordProperty("fp32_stateless_rel_rms", mla_test::sci(base));
+  RecordProperty("fp32_cached_rel_rms", mla_test::sci(err));
   EXPECT_LT(base, 1e-5);
+}
+
+// bf16 serving path: bf16 weights and a bf16 latent cache, prefill then absorbed decode, against the fp64
+// forward; within a small multiple of what the stateless bf16 forward (decompressed) gets.
+TEST(MlaMixer, Bf16CachedDecodeWithinDerivedTolerance) {
+  for (auto& [name, spec] : variants()) {
+    auto m64 = make(spec, 6, 61);
+    auto m16 = make(spec, 6, 61, at::kBFloat16);
+    const int64_t t = 10;
+    at::Tensor x = randn({2, t, 6}, 62);
+    at::Tensor pos = positions(100, t);
+    at::Tensor ref = m64->forward(x, pos, nullptr);
+    at::Tensor x16 = x.to(at::kBFloat16);
+    const double base = mla_test::rel_rms(m16->forward(x16, pos, nullptr), ref);
+    auto state = m16->new_state(2, t, at::TensorOptions().dtype(at::kBFloat16));
+    std::vector<at::Tensor> outs{m16->forward(x16.narrow(1, 0, 4), pos.narrow(0, 0, 4), state.get())};
+    for (int64_t i = 4; i < t; ++i) outs.push_back(m16->forward(x16.narrow(1, i, 1), pos.narrow(0, i, 1), state.get()));
+    const double err = mla_test::rel_rms(at::cat(outs, 1), ref);
+    EXPECT_EQ(outs.back().scalar_type(), at::kBFloat16);
+    EXPECT_LE(err, 4.0 * base) << name << ": stateless bf16 " << base << ", cached decode bf16 " << err;
+    RecordProperty(name + "_bf16_stateless_rel_rms", mla_test::sci(base));
+    RecordProperty(name + "_bf16_cached_rel_rms", mla_test::sci(err));
+  }
 }
 
 // Central differences in fp64 for every parameter tensor and the input (up to 12 seeded entries of each, all of
 // the small ones), in both forms.
 TEST(MlaMixer, GradientsMatchFiniteDifferences) {
+  double worst_all = 0.0;
   for (auto& [name, spec] : variants()) {
     if (name == "plain_rope") continue;  // same graph as "hylo" with other tables
     for (MlaForm form : {MlaForm::kDecompressed, MlaForm::kAbsorbed}) {
@@ -202,9 +229,11 @@ TEST(MlaMixer, GradientsMatchFiniteDifferences) {
           worst = std::max(worst, std::abs(fd - g) / std::max(1.0, std::abs(g)));
         }
         EXPECT_LT(worst, 1e-7) << name << " form " << static_cast<int>(form) << " tensor " << n;
+        worst_all = std::max(worst_all, worst);
       }
     }
   }
+  RecordProperty("worst_fd_mismatch", mla_test::sci(worst_all));
 }
 
 // HyLo geometries at small T: parameter shapes, cache width, and the two forms agreeing.
@@ -254,6 +283,8 @@ TEST(MlaMixer, HyloShapes) {
     at::Tensor step = m->forward(x.narrow(1, t - 1, 1), positions(t - 1, 1), st32.get());
     const double err = mla_test::rel_rms(at::cat({pre, step}, 1), ref);
     EXPECT_LE(err, 4.0 * base + 8.0 * mla_test::kEps32) << g.name << " stateless " << base << " cached " << err;
+    RecordProperty(std::string(g.name) + "_fp32_stateless_rel_rms", mla_test::sci(base));
+    RecordProperty(std::string(g.name) + "_fp32_cached_rel_rms", mla_test::sci(err));
   }
 }
 

@@ -85,6 +85,10 @@ TEST(MlaOps, AbsorbedEqualsDecompressed) {
     EXPECT_EQ(abs32.scalar_type(), at::kFloat);
     const double err_dec = mla_test::rel_rms(dec32, dec), err_abs = mla_test::rel_rms(abs32, dec);
     EXPECT_LE(err_abs, 4.0 * err_dec + 8.0 * mla_test::kEps32) << "dec " << err_dec << " abs " << err_abs;
+    const std::string tag = "case_h" + std::to_string(k.h) + "_g" + std::to_string(k.g) + "_t" + std::to_string(k.t);
+    RecordProperty(tag + "_fp64_max_abs_diff", mla_test::sci(mla_test::max_abs_diff(abs, dec)));
+    RecordProperty(tag + "_fp32_decompressed_rel_rms", mla_test::sci(err_dec));
+    RecordProperty(tag + "_fp32_absorbed_rel_rms", mla_test::sci(err_abs));
   }
 }
 

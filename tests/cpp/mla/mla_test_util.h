@@ -6,6 +6,7 @@
 #include <c10/core/GradMode.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -72,6 +73,13 @@ inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
 inline double rel_rms(const at::Tensor& a, const at::Tensor& ref) {
   at::Tensor d = a.detach().to(at::kDouble) - ref.detach().to(at::kDouble);
   return d.norm().item<double>() / ref.detach().to(at::kDouble).norm().item<double>();
+}
+
+// "1.234e-07": measured errors recorded as test properties (std::to_string would print 0.000000).
+inline std::string sci(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3e", v);
+  return buf;
 }
 
 constexpr double kEps32 = 1.1920928955078125e-07;  // 2^-23
