@@ -4,11 +4,13 @@
 //               Outputs <form>.o, <form>.ht and <form>.grad.<input> for every input.
 //   gdn_layer : the kGdn mixer, stateless forward and backward. Inputs x [B,T,D], dy [B,T,D] and the layer's
 //               parameters under FLA's names (q_proj.weight, ..., o_proj.weight). Params norm_eps, chunk_size.
-//               Outputs y and grad.x, grad.<parameter> for every parameter.
+//               Outputs y and grad.x, grad.<parameter> for every parameter; with prefill=P also y_decode, the
+//               outputs of a stateful P-token prefill followed by one-token decode steps.
 // Everything runs in the dtype of the inputs.
 #include <cmath>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "hylo/core/result.h"
 #include "hylo/model/mixer.h"
@@ -92,6 +94,18 @@ TensorMap gdn_layer(const TensorMap& in, const Params& p) {
   (y * input(in, "dy")).sum().backward();
   TensorMap out = {{"y", y}, {"grad.x", x.grad()}};
   for (auto& [name, t] : params) out["grad." + name] = t.grad();
+  // prefill=P: also the inference path, a P-token prefill with a state and then one-token decode steps.
+  const int64_t prefill = param_int(p, "prefill", 0);
+  if (prefill > 0) {
+    const int64_t T = x.size(1);
+    if (prefill > T) throw Error("gdn_layer: prefill=" + std::to_string(prefill) + " exceeds T=" + std::to_string(T));
+    at::Tensor xd = x.detach();
+    std::unique_ptr<MixerState> st = mixer->new_state(x.size(0), T, x.options());
+    std::vector<at::Tensor> ys = {mixer->forward(xd.narrow(1, 0, prefill), at::arange(prefill, at::kLong), st.get())};
+    for (int64_t t = prefill; t < T; ++t)
+      ys.push_back(mixer->forward(xd.narrow(1, t, 1), at::arange(t, t + 1, at::kLong), st.get()));
+    out["y_decode"] = at::cat(ys, 1).detach();
+  }
   return out;
 }
 
