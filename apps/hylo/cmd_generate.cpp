@@ -104,6 +104,19 @@ int run_generate(const GenerateArgs& a) {
   for (const auto& s : a.stop)
     if (s.empty()) throw Error("generate: --stop needs a non-empty string");
 
+  GenerateOptions opts;
+  opts.sampling.temperature = a.greedy ? 0.0 : a.temperature;
+  opts.sampling.top_k = a.top_k;
+  opts.sampling.top_p = a.top_p;
+  opts.sampling.min_p = a.min_p;
+  opts.sampling.repetition_penalty = a.repetition_penalty;
+  opts.sampling.seed = a.seed;
+  opts.sampling.validate();
+  if (a.max_new_tokens < 0) throw Error("generate: --max-new-tokens must be >= 0, got " + std::to_string(a.max_new_tokens));
+  opts.max_new_tokens = a.max_new_tokens;
+  opts.stop_strings = a.stop;
+  opts.use_default_eos = !a.ignore_eos;
+
   // The tokenizer lives beside the weights (model directory) or inside the GGUF file. Only raw ids without
   // text output can do without one.
   std::optional<tok::Tokenizer> tokenizer;
@@ -153,17 +166,6 @@ int run_generate(const GenerateArgs& a) {
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 
-  GenerateOptions opts;
-  opts.sampling.temperature = a.greedy ? 0.0 : a.temperature;
-  opts.sampling.top_k = a.top_k;
-  opts.sampling.top_p = a.top_p;
-  opts.sampling.min_p = a.min_p;
-  opts.sampling.repetition_penalty = a.repetition_penalty;
-  opts.sampling.seed = a.seed;
-  opts.sampling.validate();
-  opts.max_new_tokens = a.max_new_tokens;
-  opts.stop_strings = a.stop;
-  opts.use_default_eos = !a.ignore_eos;
 
   const bool stream = !a.no_stream && !a.print_ids;
   TextCallback on_text;

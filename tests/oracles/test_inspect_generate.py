@@ -227,6 +227,21 @@ def test_stop_strings_cut_before_their_first_occurrence(tmp_root, tokenizer_json
     assert run(*base, "--stop", "\x01never\x01").stdout == full + "\n"
 
 
+def test_generate_rejects_bad_arguments(tmp_root, tokenizer_json):
+    _, path = build(CASES[0], tmp_root, tokenizer_json)
+    for args, needle in [
+        (["--prompt-ids", "1 2", "--top-p", 0], "top_p"),
+        (["--prompt-ids", "1 2", "--temperature", -1], "temperature"),
+        (["--prompt-ids", "1 x"], "--prompt-ids"),
+        (["--prompt-ids", f"1 {TOKENIZER_VOCAB}"], "vocabulary"),
+        (["--prompt", "a", "--prompt-ids", "1"], "exactly one"),
+        ([], "exactly one"),
+        (["--prompt", "a", "--chat"], "chat template"),  # the tiny tokenizer has none
+    ]:
+        r = run("generate", path, *args, check=False)
+        assert r.returncode != 0 and needle in r.stderr, (args, r.stderr)
+
+
 def test_teacher_answers_capital_of_france():
     if not Path(TEACHER).is_file():
         pytest.fail(f"teacher GGUF {TEACHER} missing: run `make setup` (scripts/setup.sh) to fetch it")
