@@ -1,7 +1,9 @@
 #include "hylo/ops/mla.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "hylo/core/result.h"
 
@@ -67,6 +69,24 @@ at::Tensor causal_softmax(const at::Tensor& scores, double scale, const Dims& d,
   return at::softmax(s, -1).to(scores.scalar_type()).reshape({d.b, d.g, d.rep * d.t, d.s});  // [B, G, rep*T, S]
 }
 
+// Runs `attend(block_dims, t0)` over blocks of query rows [t0, t0 + t) so that one block's scores
+// [B, H, t, s] stay within `max_score_elements` (0: kDefaultScoreElements); each block sees only the keys it may
+// attend to, s = q_offset + t0 + t. Rows are independent, so blocking changes no value. Returns [B, T, H, Dv].
+template <class Fn>
+at::Tensor by_query_blocks(const Dims& d, int64_t q_offset, int64_t max_score_elements, Fn attend) {
+  constexpr int64_t kDefaultScoreElements = int64_t{1} << 26;  // 256 MiB of fp32 scores
+  const int64_t budget = max_score_elements > 0 ? max_score_elements : kDefaultScoreElements;
+  const int64_t rows = std::max<int64_t>(1, budget / std::max<int64_t>(1, d.b * d.h * d.s));
+  std::vector<at::Tensor> outs;
+  for (int64_t t0 = 0; t0 < d.t; t0 += rows) {
+    Dims bd = d;
+    bd.t = std::min(rows, d.t - t0);
+    bd.s = q_offset + t0 + bd.t;
+    outs.push_back(attend(bd, t0));
+  }
+  return outs.size() == 1 ? outs[0] : at::cat(outs, 1);
+}
+
 }  // namespace
 
 MlaUpProjections mla_split_kv_b(const at::Tensor& kv_b_weight, int64_t num_kv_groups, int64_t nope_dim) {
@@ -77,7 +97,8 @@ MlaUpProjections mla_split_kv_b(const at::Tensor& kv_b_weight, int64_t num_kv_gr
 
 at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
                                       const at::Tensor& k_pe, const at::Tensor& kv_b_weight,
-                                      int64_t num_kv_groups, double scale, int64_t q_offset) {
+                                      int64_t num_kv_groups, double scale, int64_t q_offset,
+                                      int64_t max_score_elements) {
   const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
   // Decompress every key token into its G groups of [k_nope ; v] (kv_b_proj), then append the shared k_pe.
   at::Tensor kv = at::linear(c_kv, kv_b_weight).reshape({d.b, d.s, d.g, d.p + d.v});  // [B, S, G, Dn+Dv]
@@ -85,29 +106,33 @@ at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor
   at::Tensor v = kv.narrow(3, d.p, d.v).permute({0, 2, 1, 3});                          // [B, G, S, Dv]
   at::Tensor k_rot = k_pe.unsqueeze(1).expand({d.b, d.g, d.s, d.r});                    // [B, G, S, Dr]
   at::Tensor k = at::cat({k_nope, k_rot}, 3);                                           // [B, G, S, Dn+Dr]
-  at::Tensor q = to_groups(at::cat({q_nope, q_pe}, 3), d);                              // [B, G, rep*T, Dn+Dr]
-  at::Tensor scores = at::matmul(q, k.transpose(2, 3));                                 // [B, G, rep*T, S]
-  at::Tensor probs = causal_softmax(scores, scale, d, q_offset);                        // [B, G, rep*T, S]
-  at::Tensor out = at::matmul(probs, v);                                                // [B, G, rep*T, Dv]
-  return from_groups(out, d);                                                           // [B, T, H, Dv]
+  return by_query_blocks(d, q_offset, max_score_elements, [&](const Dims& bd, int64_t t0) {
+    at::Tensor q = to_groups(at::cat({q_nope.narrow(1, t0, bd.t), q_pe.narrow(1, t0, bd.t)}, 3), bd);  // [B, G, rep*t, Dn+Dr]
+    at::Tensor scores = at::matmul(q, k.narrow(2, 0, bd.s).transpose(2, 3));                           // [B, G, rep*t, s]
+    at::Tensor probs = causal_softmax(scores, scale, bd, q_offset + t0);                               // [B, G, rep*t, s]
+    return from_groups(at::matmul(probs, v.narrow(2, 0, bd.s)), bd);                                   // [B, t, H, Dv]
+  });
 }
 
 at::Tensor mla_attention_absorbed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
                                   const at::Tensor& k_pe, const at::Tensor& kv_b_weight, int64_t num_kv_groups,
-                                  double scale, int64_t q_offset) {
+                                  double scale, int64_t q_offset, int64_t max_score_elements) {
   const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
   MlaUpProjections up = mla_split_kv_b(kv_b_weight, d.g, d.p);                         // [G, Dn, Rkv], [G, Dv, Rkv]
-  // q~ = q_nope W_UK: the nope query of each head expressed in latent coordinates.
-  at::Tensor q_lat = at::matmul(to_groups(q_nope, d), up.w_uk);                         // [B, G, rep*T, Rkv]
-  at::Tensor q_rot = to_groups(q_pe, d);                                                // [B, G, rep*T, Dr]
   at::Tensor c = c_kv.unsqueeze(1);                                                     // [B, 1, S, Rkv]
   at::Tensor kr = k_pe.unsqueeze(1);                                                    // [B, 1, S, Dr]
-  at::Tensor scores = at::matmul(q_lat, c.transpose(2, 3)) + at::matmul(q_rot, kr.transpose(2, 3));  // [B, G, rep*T, S]
-  at::Tensor probs = causal_softmax(scores, scale, d, q_offset);                        // [B, G, rep*T, S]
-  at::Tensor ctx = at::matmul(probs, c);                                                // [B, G, rep*T, Rkv]
-  // out = ctx W_UV^T: back from latent to value coordinates.
-  at::Tensor out = at::matmul(ctx, up.w_uv.transpose(1, 2));                            // [B, G, rep*T, Dv]
-  return from_groups(out, d);                                                           // [B, T, H, Dv]
+  return by_query_blocks(d, q_offset, max_score_elements, [&](const Dims& bd, int64_t t0) {
+    // q~ = q_nope W_UK: the nope query of each head expressed in latent coordinates.
+    at::Tensor q_lat = at::matmul(to_groups(q_nope.narrow(1, t0, bd.t), bd), up.w_uk);  // [B, G, rep*t, Rkv]
+    at::Tensor q_rot = to_groups(q_pe.narrow(1, t0, bd.t), bd);                         // [B, G, rep*t, Dr]
+    at::Tensor cs = c.narrow(2, 0, bd.s);                                               // [B, 1, s, Rkv]
+    at::Tensor scores = at::matmul(q_lat, cs.transpose(2, 3)) +
+                        at::matmul(q_rot, kr.narrow(2, 0, bd.s).transpose(2, 3));      // [B, G, rep*t, s]
+    at::Tensor probs = causal_softmax(scores, scale, bd, q_offset + t0);                // [B, G, rep*t, s]
+    at::Tensor ctx = at::matmul(probs, cs);                                             // [B, G, rep*t, Rkv]
+    // out = ctx W_UV^T: back from latent to value coordinates.
+    return from_groups(at::matmul(ctx, up.w_uv.transpose(1, 2)), bd);                   // [B, t, H, Dv]
+  });
 }
 
 }  // namespace hylo::ops

@@ -31,13 +31,16 @@ MlaUpProjections mla_split_kv_b(const at::Tensor& kv_b_weight, int64_t num_kv_gr
 
 // q_nope: [B, T, H, Dn]; q_pe: [B, T, H, Dr] (rotated); c_kv: [B, S, Rkv]; k_pe: [B, S, Dr] (rotated);
 // kv_b_weight: [G*(Dn+Dv), Rkv]. Returns [B, T, H, Dv] in q's dtype.
+// Query rows are processed in blocks whose scores [B, H, t, s] hold at most `max_score_elements` values (0: 2^26,
+// 256 MiB in fp32), so a long prefill does not materialise all T x S scores at once; blocking changes no value.
 at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
                                       const at::Tensor& k_pe, const at::Tensor& kv_b_weight,
-                                      int64_t num_kv_groups, double scale, int64_t q_offset);
+                                      int64_t num_kv_groups, double scale, int64_t q_offset,
+                                      int64_t max_score_elements = 0);
 
 // Same arguments and result as mla_attention_decompressed, computed in latent space.
 at::Tensor mla_attention_absorbed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
                                   const at::Tensor& k_pe, const at::Tensor& kv_b_weight, int64_t num_kv_groups,
-                                  double scale, int64_t q_offset);
+                                  double scale, int64_t q_offset, int64_t max_score_elements = 0);
 
 }  // namespace hylo::ops

@@ -14,6 +14,10 @@ namespace {
 
 using mla_test::randn;
 
+using AttentionFn = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, int64_t, double, int64_t, int64_t);
+const AttentionFn kForms[] = {&ops::mla_attention_decompressed, &ops::mla_attention_absorbed};
+
 struct Case {
   int64_t b, t, s, h, g, p, r, v, c;
 };
@@ -96,14 +100,30 @@ TEST(MlaOps, AbsorbedEqualsDecompressed) {
 TEST(MlaOps, QueryOffsetEqualsSliceOfFullAttention) {
   const Case full{2, 9, 9, 4, 2, 3, 2, 4, 5};
   Inputs in = make_inputs(full, 300);
-  for (auto form : {&ops::mla_attention_decompressed, &ops::mla_attention_absorbed}) {
-    at::Tensor all = form(in.q_nope, in.q_pe, in.c_kv, in.k_pe, in.w, full.g, 0.5, 0);  // [B, 9, H, V]
+  for (AttentionFn form : kForms) {
+    at::Tensor all = form(in.q_nope, in.q_pe, in.c_kv, in.k_pe, in.w, full.g, 0.5, 0, 0);  // [B, 9, H, Dv]
     for (int64_t o : {0, 1, 4, 8}) {
       at::Tensor part = form(in.q_nope.narrow(1, o, 9 - o), in.q_pe.narrow(1, o, 9 - o), in.c_kv, in.k_pe, in.w,
-                             full.g, 0.5, o);
+                             full.g, 0.5, o, 0);
       EXPECT_LT(mla_test::max_abs_diff(part, all.narrow(1, o, 9 - o)), 1e-14) << "offset " << o;
     }
   }
+}
+
+// Query blocking (a bounded score buffer for long prefill) changes no value: blocks of 1, 2 and 3 query rows
+// against one block, with and without a cache offset.
+TEST(MlaOps, QueryBlockingChangesNothing) {
+  const Case k{2, 10, 10, 4, 2, 3, 2, 4, 5};
+  Inputs in = make_inputs(k, 350);
+  for (AttentionFn form : kForms)
+    for (int64_t offset : {0, 3}) {
+      at::Tensor q_nope = in.q_nope.narrow(1, 0, k.s - offset), q_pe = in.q_pe.narrow(1, 0, k.s - offset);
+      at::Tensor whole = form(q_nope, q_pe, in.c_kv, in.k_pe, in.w, k.g, 0.4, offset, 0);
+      for (int64_t rows : {1, 2, 3}) {
+        at::Tensor blocked = form(q_nope, q_pe, in.c_kv, in.k_pe, in.w, k.g, 0.4, offset, rows * k.b * k.h * k.s);
+        EXPECT_LT(mla_test::max_abs_diff(blocked, whole), 1e-14) << "rows " << rows << " offset " << offset;
+      }
+    }
 }
 
 // bf16 inputs: fp32 softmax keeps the result within a few bf16 ulps of the fp64 result.
@@ -112,8 +132,8 @@ TEST(MlaOps, Bf16UsesFp32Softmax) {
   Inputs in = make_inputs(k, 400);
   Inputs bf = in.to(at::kBFloat16);
   at::Tensor ref = ops::mla_attention_decompressed(in.q_nope, in.q_pe, in.c_kv, in.k_pe, in.w, k.g, 0.35, 0);
-  for (auto form : {&ops::mla_attention_decompressed, &ops::mla_attention_absorbed}) {
-    at::Tensor got = form(bf.q_nope, bf.q_pe, bf.c_kv, bf.k_pe, bf.w, k.g, 0.35, 0);
+  for (AttentionFn form : kForms) {
+    at::Tensor got = form(bf.q_nope, bf.q_pe, bf.c_kv, bf.k_pe, bf.w, k.g, 0.35, 0, 0);
     EXPECT_EQ(got.scalar_type(), at::kBFloat16);
     // What rounding the inputs alone costs, evaluated in fp64: the tolerance is a small multiple of it.
     Inputs rounded = bf.to(at::kDouble);
