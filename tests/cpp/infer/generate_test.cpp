@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -130,6 +132,25 @@ TEST(Generate, SeededSamplingIsReproducible) {
   EXPECT_EQ(a, generate(*model, nullptr, prompt, opts).ids);
   opts.sampling.seed = 4;
   EXPECT_NE(a, generate(*model, nullptr, prompt, opts).ids);
+}
+
+TEST(Generate, CudaGreedyEqualsCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto cpu = CausalLM::random(tiny_llama(), 5);
+  LoadOptions on_cuda;
+  on_cuda.device = at::Device(at::kCUDA);
+  auto cuda = CausalLM::random(tiny_llama(), 5, on_cuda);
+  std::map<std::string, at::Tensor> weights;
+  cpu->visit_parameters([&](const std::string& name, at::Tensor& t) { weights[name] = t; });
+  cuda->visit_parameters([&](const std::string& name, at::Tensor& t) {
+    c10::NoGradGuard no_grad;
+    t.copy_(weights.at(name));
+  });
+  const std::vector<int64_t> prompt = {1, 17, 40, 3, 88, 12, 60};
+  GenerateOptions opts;
+  opts.sampling.temperature = 0.0;
+  opts.max_new_tokens = 24;
+  EXPECT_EQ(generate(*cuda, nullptr, prompt, opts).ids, generate(*cpu, nullptr, prompt, opts).ids);
 }
 
 TEST(Generate, RejectsBadInput) {
