@@ -131,7 +131,8 @@ stat_field() {  # stat_field LINE: "prefill_tok prefill_tps decode_tok decode_tp
 bench_rows=()
 run_generate() {
   local hylo="$build/bin/hylo"
-  local prompt_file="$out/prompt.txt"
+  local prompt_file
+  prompt_file="$(mktemp --suffix=.txt)"
   # A fixed ~500-token prompt (no data files there): numbered sentences.
   python3 -c 'print(" ".join(f"Sentence {i} is about the sea, ships and the weather near the harbour." for i in range(40)))' \
     >"$prompt_file"
@@ -167,7 +168,7 @@ run_generate() {
       status=1
     fi
   done < <(tr ',' '\n' <<<"$configs")
-  rm -f "$out/err.txt"
+  rm -f "$out/err.txt" "$prompt_file"
 }
 
 if [[ "$mode" != teacher || ! -x "$build/bin/hylo" ]]; then
