@@ -188,6 +188,44 @@ TEST(MlaMixer, Bf16CachedDecodeWithinDerivedTolerance) {
   }
 }
 
+// On a CUDA device (skipped without one): fp32 and bf16 weights on the GPU, stateless and prefill + absorbed
+// decode with the latent cache on the GPU, against the fp64 CPU forward. The stateless fp32 GPU error may be at
+// most 4x the CPU's, and each cached run at most 4x its own stateless error (fp32 with an 8-ulp floor).
+TEST(MlaMixer, CudaMatchesFp64Reference) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (auto& [name, spec] : variants()) {
+    auto m64 = make(spec, 6, 71);
+    const int64_t t = 12;
+    at::Tensor x = randn({2, t, 6}, 72);
+    at::Tensor pos = positions(300, t);
+    at::Tensor ref = m64->forward(x, pos, nullptr);
+    const double cpu32 = mla_test::rel_rms(make(spec, 6, 71, at::kFloat)->forward(x.to(at::kFloat), pos, nullptr), ref);
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      at::TensorOptions opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+      auto m = std::make_unique<MlaMixer>(config_with(6, spec), config_with(6, spec).layers[0], opts);
+      m64->visit_parameters("", [&](const std::string& n, at::Tensor& src) {
+        m->visit_parameters("", [&](const std::string& n2, at::Tensor& dst) {
+          if (n2 == n) dst.copy_(src);
+        });
+      });
+      at::Tensor xg = x.to(opts);
+      at::Tensor pg = pos.to(at::kCUDA);
+      at::Tensor whole = m->forward(xg, pg, nullptr);
+      ASSERT_TRUE(whole.is_cuda());
+      const double base = mla_test::rel_rms(whole.cpu(), ref);
+      auto state = m->new_state(2, t, opts);
+      std::vector<at::Tensor> outs{m->forward(xg.narrow(1, 0, 5), pg.narrow(0, 0, 5), state.get())};
+      for (int64_t i = 5; i < t; ++i) outs.push_back(m->forward(xg.narrow(1, i, 1), pg.narrow(0, i, 1), state.get()));
+      const double err = mla_test::rel_rms(at::cat(outs, 1).cpu(), ref);
+      const double floor = dtype == at::kFloat ? 8.0 * mla_test::kEps32 : 0.0;
+      if (dtype == at::kFloat) EXPECT_LE(base, 4.0 * cpu32 + floor) << name << ": cpu fp32 " << cpu32;
+      EXPECT_LE(err, 4.0 * base + floor) << name << " " << c10::toString(dtype) << ": stateless " << base;
+      RecordProperty(name + "_cuda_" + c10::toString(dtype) + "_stateless_rel_rms", mla_test::sci(base));
+      RecordProperty(name + "_cuda_" + c10::toString(dtype) + "_cached_rel_rms", mla_test::sci(err));
+    }
+  }
+}
+
 // Central differences in fp64 for every parameter tensor and the input (up to 12 seeded entries of each, all of
 // the small ones), in both forms.
 TEST(MlaMixer, GradientsMatchFiniteDifferences) {
