@@ -37,6 +37,7 @@ struct GenerateResult {
   int64_t decode_steps = 0;            // single-token forwards after the prefill
   double prefill_seconds = 0.0;        // prompt forward + first token choice = time to first token
   double decode_seconds = 0.0;         // everything after the first token
+  double time_to_first_token() const { return prefill_seconds; }
   double prefill_tokens_per_second() const;
   double decode_tokens_per_second() const;
 };
