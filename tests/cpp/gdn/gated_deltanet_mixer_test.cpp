@@ -235,3 +235,30 @@ TEST(GatedDeltaNetMixer, RejectsWrongStateAndShapes) {
 
 }  // namespace
 }  // namespace hylo
+
+namespace hylo {
+namespace {
+
+// FLA's switches: use_short_conv = false (plain SiLU, no conv parameters or state) and use_gate = false (no g_proj,
+// plain RMSNorm): the parameter set shrinks accordingly and stateful use still equals the stateless forward.
+TEST(GatedDeltaNetMixer, WithoutShortConvAndGate) {
+  ModelConfig c = gdn_config(12, 2, 4, 6);
+  c.layers[0].gdn.use_short_conv = false;
+  c.layers[0].gdn.use_gate = false;
+  auto m = make_gdn(c, at::kDouble, 15);
+  auto p = params_of(*m);
+  EXPECT_EQ(p.size(), 9u);
+  for (const char* absent : {"q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight", "g_proj.weight"})
+    EXPECT_EQ(p.count(std::string("model.layers.0.gdn.") + absent), 0u) << absent;
+  const int64_t B = 2, T = 20;
+  at::manual_seed(16);
+  at::Tensor x = at::randn({B, T, 12}, at::kDouble);
+  at::Tensor ref = m->forward(x, positions(0, T), nullptr);
+  auto st = m->new_state(B, T, at::TensorOptions().dtype(at::kDouble));
+  EXPECT_FALSE(dynamic_cast<GatedDeltaNetState&>(*st).conv_q.defined());
+  at::Tensor got = run_pieces(*m, x, {7, 1, 11, 1}, *st);
+  EXPECT_LT(gdn_test::max_abs_diff(got, ref) / gdn_test::max_abs(ref), 1e-10);
+}
+
+}  // namespace
+}  // namespace hylo
