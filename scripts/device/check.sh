@@ -79,7 +79,7 @@ fi
 
 # ---- configure + build ----------------------------------------------------------------------------------------
 build_all() {
-  local args=(--preset cuda-release -DHYLO_PYTHON=python3)
+  local args=(--preset cuda-release -B "$build" -DHYLO_PYTHON=python3)
   # PCRE2: only the runtime library is installed there; the header is carried (CMakeLists' fallback).
   if ! pkg-config --exists libpcre2-8 2>/dev/null && [[ ! -f /usr/include/pcre2.h ]]; then
     args+=(-DPCRE2_INCLUDE_DIR="$root/.deps/include")
