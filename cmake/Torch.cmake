@@ -26,7 +26,10 @@ if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
 endif()
 find_package(Torch REQUIRED)
 add_library(hylo_torch_deps INTERFACE)
-target_link_libraries(hylo_torch_deps INTERFACE ${TORCH_LIBRARIES})
+# libstdc++ goes first: the wheel's libtorch.so exports its own unversioned copies of std::filesystem, and a
+# reference the static linker binds to those resolves to libtorch's copy at run time, which crashes
+# (remove_all jumped to address 0). Seen first, libstdc++'s versioned symbols win.
+target_link_libraries(hylo_torch_deps INTERFACE stdc++ ${TORCH_LIBRARIES})
 # TORCH_CXX_FLAGS carries _GLIBCXX_USE_CXX11_ABI; applying it everywhere keeps std::string ABI consistent.
 separate_arguments(_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 target_compile_options(hylo_torch_deps INTERFACE ${_torch_flags})
