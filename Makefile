@@ -8,7 +8,7 @@ JOBS   ?= $(shell nproc)
 SHELL  := /bin/bash
 ENV    := source scripts/env.sh &&
 
-.PHONY: setup configure build run test test-cpp test-sanitize fuzz bench clean
+.PHONY: setup configure build run test test-cpp test-sanitize fuzz bench clean upcycle-demo
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,13 @@ build: configure
 run: build
 	@$(ENV) build/bin/hylo generate "$$HYLO_TEACHER_GGUF" --chat \
 	  --prompt "What is the capital of France? Answer in one sentence." --max-new-tokens 48
+
+# Upcycles the SmolLM2 teacher into the 6MLA24GDN hybrid (recipes/plans/) and prints the report: per-layer
+# mixers, ranks and reconstruction errors, the KV-memory table against the teacher, the KL right after init.
+UPCYCLE_DEMO_OUT ?= build/upcycle-demo/smollm2-135m-6mla24gdn
+upcycle-demo: build
+	@$(ENV) build/bin/hylo upcycle "$$HYLO_TEACHER_GGUF" --plan recipes/plans/smollm2-135m-6mla24gdn.yaml \
+	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json
 
 test: build
 	@$(ENV) cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
