@@ -29,7 +29,7 @@ run: build
 UPCYCLE_DEMO_OUT ?= build/upcycle-demo/smollm2-135m-6mla24gdn
 upcycle-demo: build
 	@$(ENV) build/bin/hylo upcycle "$$HYLO_TEACHER_GGUF" --plan recipes/plans/smollm2-135m-6mla24gdn.yaml \
-	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json
+	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json --threads 1
 
 test: build
 	@$(ENV) cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900

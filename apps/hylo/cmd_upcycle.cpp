@@ -1,5 +1,5 @@
 // hylo upcycle TEACHER --plan PLAN.yaml --out DIR [--calibration FILE] [--calibration-tokens N] [--json REPORT.json]
-//              [--dtype fp32|bf16] [--seed S] [--stage1 mla|linear] [--no-progress]
+//              [--dtype fp32|bf16] [--seed S] [--stage1 mla|linear] [--threads N] [--no-progress]
 // hylo upcycle --assemble --from-mla DIR --from-linear DIR --plan PLAN.yaml --out DIR
 // Turns a Transformer (HF directory or GGUF) into the hybrid the layer plan describes (src/hylo/upcycle/upcycler.h),
 // writes it as a hylo checkpoint directory (config.json + model.safetensors + tokenizer, committed atomically),
@@ -7,6 +7,8 @@
 // and after, the KV memory at a few context lengths, and the teacher -> hybrid KL on calibration text.
 // --stage1 mla|linear makes the pure-MLA or pure-linear Stage-I model of the plan; --assemble builds the hybrid
 // from two Stage-I checkpoints (HYLO.md 3.4).
+#include <ATen/Parallel.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -31,6 +33,7 @@ struct UpcycleArgs {
   int64_t calibration_tokens = 256;
   std::string dtype = "fp32";
   uint64_t seed = 0;
+  int threads = 0;
   bool assemble = false, no_progress = false;
 };
 
@@ -44,6 +47,7 @@ Result<ModelConfig> teacher_config(const std::filesystem::path& p) {
 
 int run_upcycle(const UpcycleArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
+  if (a.threads > 0) at::set_num_threads(a.threads);
   LayerPlan plan = load_layer_plan(a.plan).value_or_throw();
   if (a.assemble) {
     if (a.from_mla.empty() || a.from_linear.empty())
@@ -106,6 +110,8 @@ CommandRun setup(CLI::App& app) {
   app.add_option("--from-mla", a->from_mla, "Stage-I pure-MLA checkpoint (with --assemble)");
   app.add_option("--from-linear", a->from_linear, "Stage-I pure-linear checkpoint (with --assemble)");
   app.add_flag("--no-progress", a->no_progress, "no progress bar");
+  app.add_option("--threads", a->threads,
+                 "intra-op CPU threads (default: ATen's; 1 is fastest on a machine shared with other jobs)");
   return [a]() { return run_upcycle(*a); };
 }
 
