@@ -16,10 +16,12 @@ void TokenizerImpl::add_tokens(const std::vector<AddedToken>& tokens) {
     if (t.content.empty()) continue;
     std::optional<int32_t> id = token_to_id(t.content);
     if (!id) {
-      // The next id after the model vocabulary and every added token so far.
-      int32_t next = static_cast<int32_t>(model.id_to_token.size());
-      for (const auto& a : added) next = std::max(next, a.id + 1);
-      id = next;
+      // AddedVocabulary::add_tokens: the model's vocabulary size (its number of entries) for the first new
+      // token, then one past the largest added id.
+      const auto model_size = static_cast<int32_t>(model.vocab.size());
+      std::optional<int32_t> max_added;
+      for (const auto& a : added) max_added = std::max(max_added.value_or(a.id), a.id);
+      id = !max_added ? model_size : (*max_added >= model_size || model_size == 0) ? *max_added + 1 : model_size;
     }
     AddedToken tok = t;
     tok.id = *id;

@@ -1,0 +1,51 @@
+// libFuzzer target for the tokenizer. The first input byte picks the mode:
+//   even: the rest is text, encoded with the fixed byte-level tokenizer tests/data/tokenizer/tiny_bytelevel.json;
+//         decode(encode(x)) must equal the lossy UTF-8 reading of x (byte-level BPE is lossless), and
+//         StreamDecoder must emit the same text piecewise.
+//   odd:  the rest is a tokenizer.json; loading must end in a tokenizer or an error (never a crash), and an
+//         accepted tokenizer must encode and decode a fixed text.
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "hylo/core/file_util.h"
+#include "hylo/io/tokenizer/tokenizer.h"
+#include "hylo/io/tokenizer/unicode.h"
+
+namespace {
+const hylo::tok::Tokenizer& fixed_tokenizer() {
+  static hylo::tok::Tokenizer tok = [] {
+    const auto path = std::filesystem::path(__FILE__).parent_path().parent_path() / "tests/data/tokenizer/tiny_bytelevel.json";
+    return hylo::tok::Tokenizer::from_path(path).value_or_throw();
+  }();
+  return tok;
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
+  if ((data[0] & 1) == 0) {
+    const auto& tok = fixed_tokenizer();
+    const auto ids = tok.encode(rest, (data[0] & 2) != 0);
+    for (int32_t id : ids)
+      if (id < 0 || id >= tok.vocab_size()) std::abort();
+    if (tok.decode(ids, true) != hylo::tok::utf8_lossy(rest)) std::abort();
+    hylo::tok::StreamDecoder sd(tok);
+    std::string streamed;
+    for (int32_t id : ids) streamed += sd.push(id);
+    streamed += sd.flush();
+    if (streamed != hylo::tok::utf8_lossy(rest)) std::abort();
+    return 0;
+  }
+  auto tok = hylo::tok::Tokenizer::from_json_string(rest);
+  if (!tok.ok()) {
+    if (tok.error().empty()) std::abort();
+    return 0;
+  }
+  const auto ids = tok->encode("Hello, world! 123 \xF0\x9F\x98\x80 <s>\xFF", true);
+  const std::string text = tok->decode(ids, false);
+  if (!hylo::tok::utf8_valid(text)) std::abort();
+  return 0;
+}
