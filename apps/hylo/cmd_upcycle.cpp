@@ -1,11 +1,13 @@
 // hylo upcycle TEACHER --plan PLAN.yaml --out DIR [--calibration FILE] [--calibration-tokens N] [--json REPORT.json]
-//              [--dtype fp32|bf16] [--seed S] [--stage1 mla|linear] [--threads N] [--no-progress]
+//              [--dtype fp32|bf16] [--seed S] [--stage1 mla|linear] [--smart K [--smart-plan FILE]]
+//              [--threads N] [--no-progress]
 // hylo upcycle --assemble --from-mla DIR --from-linear DIR --plan PLAN.yaml --out DIR
 // Turns a Transformer (HF directory or GGUF) into the hybrid the layer plan describes (src/hylo/upcycle/upcycler.h),
 // writes it as a hylo checkpoint directory (config.json + model.safetensors + tokenizer, committed atomically),
 // and prints the report: per layer the mixer, ranks, reconstruction errors, parameters, KV bytes per token before
 // and after, the KV memory at a few context lengths, and the teacher -> hybrid KL on calibration text.
-// --stage1 mla|linear makes the pure-MLA or pure-linear Stage-I model of the plan; --assemble builds the hybrid
+// --stage1 mla|linear makes the pure-MLA or pure-linear Stage-I model of the plan; --smart K picks the K MLA layers
+// by SMART (HYLO.md 7.1) from Stage-I models of this teacher; --assemble builds the hybrid
 // from two Stage-I checkpoints (HYLO.md 3.4).
 #include <ATen/Parallel.h>
 
@@ -23,13 +25,16 @@
 #include "hylo/model/causal_lm.h"
 #include "hylo/model/checkpoint.h"
 #include "hylo/ops/tensor_util.h"
+#include "hylo/core/progress.h"
+#include "hylo/upcycle/smart_select.h"
 #include "hylo/upcycle/upcycler.h"
 
 namespace hylo::cli {
 namespace {
 
 struct UpcycleArgs {
-  std::string teacher, plan, out, calibration, json, stage1, from_mla, from_linear;
+  std::string teacher, plan, out, calibration, json, stage1, from_mla, from_linear, smart_plan;
+  int64_t smart = 0;
   int64_t calibration_tokens = 256;
   std::string dtype = "fp32";
   uint64_t seed = 0;
@@ -43,6 +48,47 @@ Result<ModelConfig> teacher_config(const std::filesystem::path& p) {
   if (std::filesystem::is_directory(p, ec)) return load_hf_config(p);
   HYLO_TRY(auto gguf, io::GgufFile::open(p));
   return model_config_from_gguf(gguf);
+}
+
+// SMART (HYLO.md 7.1): Stage-I models of the plan from this teacher, every layer scored by the KL reduction of
+// swapping it alone to MLA, the top k become the MLA layers. Prints the scores, writes the plan if asked.
+LayerPlan select_smart_plan(CausalLM& teacher, const LayerPlan& plan, const UpcycleOptions& opts, const UpcycleArgs& a) {
+  if (opts.calibration_tokens < 2) throw Error("upcycle --smart needs calibration text (--calibration-tokens >= 2)");
+  UpcycleOptions so = opts;
+  so.calibration_tokens = 0;
+  so.progress = false;
+  auto mla = upcycle(teacher, stage1_plan(plan, false), so).value_or_throw().model;
+  auto lin = upcycle(teacher, stage1_plan(plan, true), so).value_or_throw().model;
+  const auto text = resolve_calibration_text(opts.calibration_text).value_or_throw();
+  at::Tensor ids = calibration_ids(text, teacher.source(), opts.calibration_tokens).value_or_throw();
+  const int64_t L = teacher.config().num_layers();
+  SmartResult sr = [&] {
+    std::unique_ptr<ProgressBar> bar;
+    if (opts.progress) bar = std::make_unique<ProgressBar>("SMART scoring", L, "layer");
+    auto res = smart_select(teacher, *mla, *lin, ids, a.smart, [&](int64_t d, int64_t) {
+      if (bar) bar->set(d);
+    });
+    if (bar) bar->finish();
+    return res;
+  }();
+  std::printf("SMART: KL(teacher || pure linear) = %.4f nats/token; gain of swapping one layer to MLA:\n", sr.kl_linear);
+  for (const auto& s : sr.scores) std::printf("  layer %3lld  KL %.4f  gain %+.4f\n", (long long)s.layer, s.kl, s.gain);
+  LayerPlan out = plan;
+  out.selection = MlaSelection::kExplicit;
+  out.mla_layers = sr.selected;
+  out.name = (plan.name.empty() ? std::string("plan") : plan.name) + "-smart" + std::to_string(a.smart);
+  std::string list;
+  for (int64_t i : sr.selected) list += (list.empty() ? "" : ", ") + std::to_string(i);
+  std::printf("SMART selected MLA layers: [%s]\n", list.c_str());
+  if (!a.smart_plan.empty()) {
+    const std::string yaml = layer_plan_to_yaml(
+        out, {"SMART selection (HYLO.md 7.1) from " + plan.source + " on " + teacher.source().string(),
+              "top " + std::to_string(a.smart) + " layers by KL reduction over " +
+                  std::to_string(opts.calibration_tokens) + " tokens of " + text.string()});
+    write_file_atomic(a.smart_plan, yaml).value_or_throw();
+  }
+  out.source = a.smart_plan.empty() ? plan.source + " (SMART)" : a.smart_plan;
+  return out;
 }
 
 int run_upcycle(const UpcycleArgs& a) {
@@ -79,6 +125,7 @@ int run_upcycle(const UpcycleArgs& a) {
   opts.dtype = parse_scalar_type(a.dtype);
   opts.seed = a.seed;
   opts.progress = !a.no_progress;
+  if (a.smart > 0) plan = select_smart_plan(*teacher, plan, opts, a);
   UpcycleResult r = upcycle(*teacher, plan, opts).value_or_throw();
   save_checkpoint(*r.model, a.out, teacher->source()).value_or_throw();
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -109,6 +156,9 @@ CommandRun setup(CLI::App& app) {
   app.add_flag("--assemble", a->assemble, "assemble the hybrid from two Stage-I checkpoints (--from-mla, --from-linear)");
   app.add_option("--from-mla", a->from_mla, "Stage-I pure-MLA checkpoint (with --assemble)");
   app.add_option("--from-linear", a->from_linear, "Stage-I pure-linear checkpoint (with --assemble)");
+  app.add_option("--smart", a->smart,
+                 "SMART selection: choose this many MLA layers by KL reduction (overrides the plan's layers)");
+  app.add_option("--smart-plan", a->smart_plan, "write the SMART-selected plan to this YAML file");
   app.add_flag("--no-progress", a->no_progress, "no progress bar");
   app.add_option("--threads", a->threads,
                  "intra-op CPU threads (default: ATen's; 1 is fastest on a machine shared with other jobs)");

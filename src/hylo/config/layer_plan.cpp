@@ -232,6 +232,77 @@ Result<LayerPlan> parse_layer_plan(const std::string& yaml_text, const std::stri
   return plan;
 }
 
+std::string layer_plan_to_yaml(const LayerPlan& p, const std::vector<std::string>& comment) {
+  YAML::Emitter e;
+  e.SetDoublePrecision(17);
+  for (const auto& c : comment) e << YAML::Comment(c) << YAML::Newline;
+  e << YAML::BeginMap;
+  if (!p.name.empty()) e << YAML::Key << "name" << YAML::Value << p.name;
+  auto opt = [&](const char* key, const std::optional<int64_t>& v) {
+    if (v) e << YAML::Key << key << YAML::Value << *v;
+  };
+  const TeacherShape& t = p.teacher;
+  if (t.num_layers || t.hidden_size || t.num_heads || t.num_kv_heads || t.head_dim) {
+    e << YAML::Key << "teacher" << YAML::Value << YAML::Flow << YAML::BeginMap;
+    opt("num_layers", t.num_layers);
+    opt("hidden_size", t.hidden_size);
+    opt("num_heads", t.num_heads);
+    opt("num_kv_heads", t.num_kv_heads);
+    opt("head_dim", t.head_dim);
+    e << YAML::EndMap;
+  }
+  switch (p.selection) {
+    case MlaSelection::kExplicit:
+      e << YAML::Key << "mla_layers" << YAML::Value << YAML::Flow << p.mla_layers;
+      break;
+    case MlaSelection::kEvery:
+      e << YAML::Key << "mla_rule" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "every"
+        << YAML::Value << p.every << YAML::Key << "offset" << YAML::Value << p.offset << YAML::EndMap;
+      break;
+    case MlaSelection::kKvBudget:
+      e << YAML::Key << "kv_budget" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "context"
+        << YAML::Value << p.budget_context << YAML::Key << "bytes" << YAML::Value << p.budget_bytes << YAML::Key
+        << "bytes_per_elem" << YAML::Value << p.budget_bytes_per_elem;
+      opt("num_mla_layers", p.budget_num_mla);
+      e << YAML::EndMap;
+      break;
+  }
+  if (p.linear) e << YAML::Key << "linear" << YAML::Value << mixer_kind_name(*p.linear);
+  e << YAML::Key << "mla" << YAML::Value << YAML::BeginMap;
+  opt("q_lora_rank", p.mla.q_lora_rank);
+  opt("kv_lora_rank", p.mla.kv_lora_rank);
+  if (p.mla.kv_energy) e << YAML::Key << "kv_energy" << YAML::Value << *p.mla.kv_energy;
+  opt("qk_nope_head_dim", p.mla.qk_nope_head_dim);
+  opt("qk_rope_head_dim", p.mla.qk_rope_head_dim);
+  opt("v_head_dim", p.mla.v_head_dim);
+  opt("num_kv_groups", p.mla.num_kv_groups);
+  e << YAML::Key << "latent_norms" << YAML::Value << p.mla.latent_norms;
+  const RopeConfig& r = p.mla.rope;
+  e << YAML::Key << "rope" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type" << YAML::Value
+    << r.type << YAML::Key << "factor" << YAML::Value << r.factor;
+  if (r.original_max_position_embeddings > 0)
+    e << YAML::Key << "original_max_position_embeddings" << YAML::Value << r.original_max_position_embeddings;
+  e << YAML::Key << "beta_fast" << YAML::Value << r.beta_fast << YAML::Key << "beta_slow" << YAML::Value
+    << r.beta_slow << YAML::Key << "mscale" << YAML::Value << r.mscale << YAML::Key << "mscale_all_dim"
+    << YAML::Value << r.mscale_all_dim << YAML::Key << "truncate" << YAML::Value << r.truncate << YAML::EndMap;
+  e << YAML::EndMap;
+  if (p.gdn.num_heads || p.gdn.head_k_dim || p.gdn.head_v_dim) {
+    e << YAML::Key << "gdn" << YAML::Value << YAML::Flow << YAML::BeginMap;
+    opt("num_heads", p.gdn.num_heads);
+    opt("head_k_dim", p.gdn.head_k_dim);
+    opt("head_v_dim", p.gdn.head_v_dim);
+    e << YAML::Key << "conv_size" << YAML::Value << p.gdn.conv_size << YAML::EndMap;
+  }
+  e << YAML::Key << "mamba2" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  opt("d_state", p.mamba2.d_state);
+  opt("n_heads", p.mamba2.n_heads);
+  opt("head_dim", p.mamba2.head_dim);
+  e << YAML::Key << "conv_size" << YAML::Value << p.mamba2.conv_size << YAML::Key << "chunk_size" << YAML::Value
+    << p.mamba2.chunk_size << YAML::EndMap;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
 Result<LayerPlan> load_layer_plan(const std::filesystem::path& path) {
   HYLO_TRY(std::string text, read_text_file(path));
   return parse_layer_plan(text, path.string());

@@ -82,6 +82,10 @@ struct LayerPlan {
 Result<LayerPlan> parse_layer_plan(const std::string& yaml_text, const std::string& source);
 Result<LayerPlan> load_layer_plan(const std::filesystem::path& path);
 
+// The plan as YAML that parse_layer_plan reads back to the same plan (fields left to teacher defaults stay
+// absent). `comment` lines are written first, each prefixed with "# ".
+std::string layer_plan_to_yaml(const LayerPlan& plan, const std::vector<std::string>& comment = {});
+
 // A plan that makes every layer MLA (pure_linear = false) or every layer linear (true), with the same mixer
 // dims: the two Stage-I models of HYLO.md 3.4.
 LayerPlan stage1_plan(const LayerPlan& plan, bool pure_linear);

@@ -90,6 +90,13 @@ Result<at::Tensor> calibration_ids(const std::filesystem::path& text_path, const
   return t;
 }
 
+Result<std::filesystem::path> resolve_calibration_text(const std::filesystem::path& given) {
+  if (!given.empty()) return given;
+  const char* data = std::getenv("HYLO_DATA");
+  if (!data) return make_error("upcycle: no calibration text given and HYLO_DATA is not set (pass --calibration FILE)");
+  return std::filesystem::path(data) / "text" / "moby-dick.txt";
+}
+
 Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const UpcycleOptions& options) {
   const auto t0 = Clock::now();
   const ModelConfig& tc = teacher.config();
@@ -99,11 +106,7 @@ Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const Up
   at::Tensor calib;
   std::filesystem::path calib_path = options.calibration_text;
   if (options.calibration_tokens > 0) {
-    if (calib_path.empty()) {
-      const char* data = std::getenv("HYLO_DATA");
-      if (!data) return make_error("upcycle: no calibration text given and HYLO_DATA is not set (pass --calibration FILE)");
-      calib_path = std::filesystem::path(data) / "text" / "moby-dick.txt";
-    }
+    HYLO_TRY(calib_path, resolve_calibration_text(calib_path));
     const std::filesystem::path tok_path = options.tokenizer.empty() ? teacher.source() : options.tokenizer;
     HYLO_TRY(calib, calibration_ids(calib_path, tok_path, options.calibration_tokens));
   }
@@ -239,7 +242,8 @@ Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const Up
   return UpcycleResult{std::move(student), std::move(report)};
 }
 
-Result<std::unique_ptr<CausalLM>> assemble_hybrid(CausalLM& mla_model, CausalLM& linear_model, const LayerPlan& plan) {
+Result<std::unique_ptr<CausalLM>> assemble_hybrid(CausalLM& mla_model, CausalLM& linear_model, const LayerPlan& plan,
+                                                  bool share_tensors) {
   const ModelConfig& mc = mla_model.config();
   const ModelConfig& lc = linear_model.config();
   const std::string& src = plan.source;
@@ -285,7 +289,9 @@ Result<std::unique_ptr<CausalLM>> assemble_hybrid(CausalLM& mla_model, CausalLM&
       missing.push_back(name);
       return;
     }
-    param = it->second.to(param.device(), param.scalar_type()).contiguous().clone();
+    param = share_tensors && it->second.scalar_type() == param.scalar_type()
+                ? it->second
+                : it->second.to(param.device(), param.scalar_type()).contiguous().clone();
   });
   if (!missing.empty())
     return make_error(src + ": assembling the hybrid: tensor '" + missing.front() + "' missing or of another shape in " +

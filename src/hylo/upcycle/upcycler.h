@@ -69,10 +69,15 @@ Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const Up
 // Hybrid from two Stage-I models of the same teacher: layer i (the whole decoder layer, norms and MLP included)
 // from `mla_model` when i is an MLA layer of `plan`, else from `linear_model`; embeddings, final norm and head
 // from the linear model. Checks that the two models fit together and provide the mixers the plan asks for.
-Result<std::unique_ptr<CausalLM>> assemble_hybrid(CausalLM& mla_model, CausalLM& linear_model, const LayerPlan& plan);
+// share_tensors: the hybrid's parameters alias the two models' tensors instead of copies (for scoring only).
+Result<std::unique_ptr<CausalLM>> assemble_hybrid(CausalLM& mla_model, CausalLM& linear_model, const LayerPlan& plan,
+                                                  bool share_tensors = false);
 
 // Mean over tokens of KL(p_teacher || p_student) for ids [1, T] (fp32 logits).
 double logit_kl(CausalLM& teacher, CausalLM& student, const at::Tensor& ids);
+
+// The calibration text: `given`, or $HYLO_DATA/text/moby-dick.txt when empty.
+Result<std::filesystem::path> resolve_calibration_text(const std::filesystem::path& given);
 
 // Token ids [1, T] of the first `tokens` tokens of a text file, with the tokenizer at `tokenizer_path`.
 Result<at::Tensor> calibration_ids(const std::filesystem::path& text, const std::filesystem::path& tokenizer_path,

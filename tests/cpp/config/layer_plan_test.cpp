@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "hylo/config/hf_config.h"
+#include "hylo/config/hybrid_config.h"
 #include "hylo/config/layer_plan.h"
 
 namespace hylo {
@@ -257,6 +258,35 @@ TEST(LayerPlan, BadPlansFailWithClearMessages) {
   auto missing = load_layer_plan(plans_dir() / "no-such-plan.yaml");
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.error().find("no-such-plan.yaml"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace hylo
+
+namespace hylo {
+namespace {
+
+// layer_plan_to_yaml writes what parse_layer_plan reads back to the same hybrid.
+TEST(LayerPlan, YamlRoundTrip) {
+  for (const auto& e : fs::directory_iterator(plans_dir())) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().filename().string());
+    auto plan = load_layer_plan(e.path()).value_or_throw();
+    const std::string text = layer_plan_to_yaml(plan, {"round trip"});
+    EXPECT_EQ(text.rfind("# round trip", 0), 0u) << text;
+    auto again = parse_layer_plan(text, "round-trip.yaml");
+    ASSERT_TRUE(again.ok()) << again.error() << "\n" << text;
+    const ModelConfig t = teacher(family_of(e.path().filename().string()));
+    EXPECT_EQ(checkpoint_config_to_json(apply_plan(t, plan).value_or_throw()).dump(),
+              checkpoint_config_to_json(apply_plan(t, *again).value_or_throw()).dump());
+  }
+  // The rules and a budget survive too.
+  for (const std::string body : {"mla_rule: {every: 5, offset: 2}\n", "kv_budget: {context: 32768, bytes: 26214400}\n"}) {
+    auto plan = parse_layer_plan(std::string(kSmolHead) + body + "linear: gdn\n" + kMla + kGdn, "p.yaml").value_or_throw();
+    auto again = parse_layer_plan(layer_plan_to_yaml(plan), "q.yaml").value_or_throw();
+    EXPECT_EQ(checkpoint_config_to_json(apply_plan(teacher("smollm2-135m"), plan).value_or_throw()).dump(),
+              checkpoint_config_to_json(apply_plan(teacher("smollm2-135m"), again).value_or_throw()).dump());
+  }
 }
 
 }  // namespace

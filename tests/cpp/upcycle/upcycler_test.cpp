@@ -323,3 +323,40 @@ TEST(Upcycle, KlAfterInitOnCalibrationText) {
 
 }  // namespace
 }  // namespace hylo
+
+#include "hylo/upcycle/smart_select.h"
+
+namespace hylo {
+namespace {
+
+TEST(Smart, ScoresEverySingleSwapAndTakesTheTopK) {
+  auto teacher = CausalLM::random(small_teacher(false), 9);
+  const std::string gdn = "gdn: {num_heads: 2, head_k_dim: 16, head_v_dim: 48}\n";
+  LayerPlan plan = plan_of(std::string("mla_layers: [0]\nlinear: gdn\n") + kMlaDims + gdn);
+  auto mla = upcycle(*teacher, stage1_plan(plan, false), quiet()).value_or_throw().model;
+  auto lin = upcycle(*teacher, stage1_plan(plan, true), quiet()).value_or_throw().model;
+  at::Tensor ids = at::arange(0, 24, at::kLong).mul(37).remainder(101).view({1, 24});  // [1, T]
+  int calls = 0;
+  SmartResult r = smart_select(*teacher, *mla, *lin, ids, 2, [&](int64_t, int64_t) { ++calls; });
+  EXPECT_EQ(calls, 4);
+  ASSERT_EQ(r.scores.size(), 4u);
+  EXPECT_NEAR(r.kl_linear, logit_kl(*teacher, *lin, ids), 1e-12);
+  // Each score is the KL of the hybrid with that single layer swapped (assembled with copies here).
+  for (const auto& s : r.scores) {
+    LayerPlan one = plan;
+    one.mla_layers = {s.layer};
+    auto h = assemble_hybrid(*mla, *lin, one).value_or_throw();
+    EXPECT_NEAR(s.kl, logit_kl(*teacher, *h, ids), 1e-9 * std::max(1.0, s.kl));
+    EXPECT_NEAR(s.gain, r.kl_linear - s.kl, 1e-12);
+  }
+  // The selection is the two largest gains.
+  std::vector<SmartScore> sorted = r.scores;
+  std::sort(sorted.begin(), sorted.end(), [](const SmartScore& a, const SmartScore& b) { return a.gain > b.gain; });
+  std::vector<int64_t> want = {sorted[0].layer, sorted[1].layer};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(r.selected, want);
+  EXPECT_THROW(smart_select(*teacher, *mla, *lin, ids, 5), Error);
+}
+
+}  // namespace
+}  // namespace hylo
