@@ -184,6 +184,13 @@ Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const Up
     if (bar) bar->finish();
   }
 
+  // config.json's torch_dtype describes the stored weights.
+  switch (options.dtype) {
+    case at::kBFloat16: config.torch_dtype = "bfloat16"; break;
+    case at::kHalf: config.torch_dtype = "float16"; break;
+    case at::kDouble: config.torch_dtype = "float64"; break;
+    default: config.torch_dtype = "float32"; break;
+  }
   // The student: every parameter comes from an initialiser or verbatim from the teacher; none is left unset.
   LoadOptions lo;
   lo.dtype = options.dtype;

@@ -360,3 +360,31 @@ TEST(Smart, ScoresEverySingleSwapAndTakesTheTopK) {
 
 }  // namespace
 }  // namespace hylo
+
+namespace hylo {
+namespace {
+
+TEST(Upcycle, DynamicKvRankPerLayer) {
+  auto teacher = CausalLM::random(small_teacher(false), 10);
+  LayerPlan plan = plan_of(
+      "mla_layers: [0, 1, 2]\nlinear: gdn\n"
+      "mla: {q_lora_rank: 48, kv_energy: 0.8, qk_nope_head_dim: 8, qk_rope_head_dim: 8, num_kv_groups: 2}\n"
+      "gdn: {num_heads: 2, head_k_dim: 16, head_v_dim: 48}\n");
+  UpcycleResult r = upcycle(*teacher, plan, quiet()).value_or_throw();
+  auto tp = params_of(*teacher);
+  for (int64_t i = 0; i < 3; ++i) {
+    // The rank each layer got is X-EcoMLA's energy rank of that layer's own stacked [W_k; W_v] spectrum.
+    at::Tensor wk = tp.at("model.layers." + std::to_string(i) + ".self_attn.k_proj.weight").to(at::kDouble);
+    at::Tensor wv = tp.at("model.layers." + std::to_string(i) + ".self_attn.v_proj.weight").to(at::kDouble);
+    at::Tensor s = at::linalg_svdvals(at::cat({wk, wv}, 0));  // G = Hkv: no repeat
+    std::vector<double> sv(s.data_ptr<double>(), s.data_ptr<double>() + s.size(0));
+    const int64_t want = energy_rank(sv, 0.8);
+    EXPECT_EQ(r.model->config().layers[i].mla.kv_lora_rank, want) << "layer " << i;
+    EXPECT_EQ(r.report.layers[i].kv_rank, want);
+    EXPECT_LE(*r.report.layers[i].kv_tail, 0.2 + 1e-12);
+  }
+  EXPECT_EQ(numel_of(*r.model), parameter_count(r.model->config()));
+}
+
+}  // namespace
+}  // namespace hylo
