@@ -229,3 +229,31 @@ def test_killed_upcycle_leaves_no_half_checkpoint(tmp_path):
         if out.exists():
             assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in out.iterdir()}
             load_file(str(out / "model.safetensors"))  # complete and valid
+
+
+def test_stage1_models_assemble_by_plan(tmp_path):
+    """HYLO.md 3.4 through the CLI: a pure-MLA and a pure-linear Stage-I checkpoint of the same teacher, then the
+    hybrid assembled from them by the plan -- whole decoder layers from each, embeddings/head from the linear."""
+    teacher = make_teacher(tmp_path, "llama")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text("llama", "gdn"))
+    ckpt = {}
+    for kind in ("mla", "linear"):
+        ckpt[kind] = tmp_path / f"stage1-{kind}"
+        r = run_hylo(teacher, "--plan", plan, "--stage1", kind, "--out", ckpt[kind], "--calibration-tokens", "0",
+                     "--seed", "1" if kind == "mla" else "2")
+        assert r.returncode == 0, r.stderr
+    mla, lin = (load_file(str(ckpt[k] / "model.safetensors")) for k in ("mla", "linear"))
+    assert all(".gdn." not in k for k in mla) and all(".mla." not in k for k in lin)
+    out = tmp_path / "hybrid"
+    r = subprocess.run([HYLO, "upcycle", "--assemble", "--from-mla", ckpt["mla"], "--from-linear", ckpt["linear"],
+                        "--plan", plan, "--out", out], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    h = load_file(str(out / "model.safetensors"))
+    for name, t in h.items():
+        src = mla if name.startswith(("model.layers.1.", "model.layers.3.")) else lin
+        np.testing.assert_array_equal(t, src[name], err_msg=name)
+    cfg = json.loads((out / "config.json").read_text())
+    assert [l["mixer"] for l in cfg["hybrid"]["layers"]] == ["gdn", "mla", "gdn", "mla"]
+    assert (out / "tokenizer.json").exists()
+    assert sum(x.size for x in h.values()) == expected_params("llama", "gdn")

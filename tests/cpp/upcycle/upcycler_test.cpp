@@ -260,6 +260,10 @@ TEST(Checkpoint, WritesConfigWeightsAndTokenizerAtomically) {
   EXPECT_EQ(cfg->layers[1].mla.kv_lora_rank, 32);
   EXPECT_EQ(cfg->layers[2].mixer, MixerKind::kMamba2);
   EXPECT_FALSE(cfg->tie_word_embeddings);
+  // The model loads back from the checkpoint and computes the same logits.
+  auto loaded = CausalLM::load(dir);
+  at::Tensor ids = at::arange(0, 10, at::kLong).view({1, 10});
+  EXPECT_TRUE(at::equal(loaded->forward(ids), student->forward(ids)));
 
   // A failing save (no tokenizer at the source) leaves the previous checkpoint untouched and no staging behind.
   const auto before = fs::file_size(dir / "model.safetensors");
