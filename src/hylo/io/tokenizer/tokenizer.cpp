@@ -259,8 +259,11 @@ Result<Tokenizer> Tokenizer::from_path(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
     const auto json_path = path / "tokenizer.json";
-    if (!std::filesystem::exists(json_path, ec))
-      return make_error(path.string() + ": directory has no tokenizer.json");
+    if (!std::filesystem::exists(json_path, ec)) {
+      // A hylo checkpoint upcycled from a GGUF teacher carries that vocabulary as a tensor-free tokenizer.gguf.
+      if (std::filesystem::exists(path / "tokenizer.gguf", ec)) return from_path(path / "tokenizer.gguf");
+      return make_error(path.string() + ": directory has no tokenizer.json (nor tokenizer.gguf)");
+    }
     HYLO_TRY(auto json_text, read_text(json_path));
     std::string config_text;
     const auto config_path = path / "tokenizer_config.json";
