@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make run   set-up, build, then the main job (chat with the embedded SmolLM2 teacher for now)
+#   make run   set-up, build, then the main job: chat with the SmolLM2 teacher, then upcycle it into the
+#              6MLA24GDN hybrid and print the upcycling report (ranks, errors, KV-memory table, KL)
 #   make test  set-up, build, every CPU test (C++ unit tests, Python-oracle parity tests, sanitised
 #              parser tests and bounded fuzzing)
 PRESET ?= cpu-release
@@ -21,8 +22,11 @@ build: configure
 	@mkdir -p build/bin && ln -sf ../$(PRESET)/bin/hylo build/bin/hylo
 
 run: build
-	@$(ENV) build/bin/hylo generate "$$HYLO_TEACHER_GGUF" --chat \
+	@echo "== the teacher (SmolLM2-135M-Instruct, Q4_1 GGUF) answers =="
+	@$(ENV) build/bin/hylo generate "$$HYLO_TEACHER_GGUF" --chat --greedy \
 	  --prompt "What is the capital of France? Answer in one sentence." --max-new-tokens 48
+	@echo "== upcycling it into a hybrid (recipes/plans/smollm2-135m-6mla24gdn.yaml) =="
+	@$(MAKE) --no-print-directory upcycle-demo
 
 # Upcycles the SmolLM2 teacher into the 6MLA24GDN hybrid (recipes/plans/) and prints the report: per-layer
 # mixers, ranks and reconstruction errors, the KV-memory table against the teacher, the KL right after init.
