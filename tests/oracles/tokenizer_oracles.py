@@ -21,15 +21,36 @@ def hylo_bin():
     raise RuntimeError("set HYLO_BIN to the hylo binary")
 
 
+def start_jsonl(tokenizer_path, lines, *extra):
+    """Starts `hylo tokenize --jsonl` on JSON lines (input fed through a temporary file, so the caller can
+    work while hylo runs); finish_jsonl() collects the parsed output lines."""
+    import tempfile
+    f = tempfile.TemporaryFile()
+    f.write("".join(json.dumps(x) + "\n" for x in lines).encode())
+    f.seek(0)
+    out = tempfile.TemporaryFile()
+    p = subprocess.Popen([hylo_bin(), "tokenize", "--tokenizer", str(tokenizer_path), "--jsonl", *extra],
+                         stdin=f, stdout=out, stderr=subprocess.PIPE)
+    p._hylo_files = (f, out)
+    return p
+
+
+def finish_jsonl(p, n_expected):
+    _, err = p.communicate(timeout=600)
+    f, out = p._hylo_files
+    out.seek(0)
+    text = out.read().decode()
+    f.close()
+    out.close()
+    assert p.returncode == 0, err.decode(errors="replace")
+    res = [json.loads(l) for l in text.split("\n") if l]
+    assert len(res) == n_expected, (len(res), n_expected, err.decode(errors="replace"))
+    return res
+
+
 def run_jsonl(tokenizer_path, lines, *extra):
     """Runs `hylo tokenize --jsonl` on JSON lines; returns the parsed output lines."""
-    payload = "".join(json.dumps(x) + "\n" for x in lines).encode()
-    p = subprocess.run([hylo_bin(), "tokenize", "--tokenizer", str(tokenizer_path), "--jsonl", *extra],
-                       input=payload, capture_output=True, timeout=600)
-    assert p.returncode == 0, p.stderr.decode(errors="replace")
-    out = [json.loads(l) for l in p.stdout.decode().split("\n") if l]
-    assert len(out) == len(lines), (len(out), len(lines), p.stderr.decode(errors="replace"))
-    return out
+    return finish_jsonl(start_jsonl(tokenizer_path, lines, *extra), len(lines))
 
 
 def as_item(data: bytes):

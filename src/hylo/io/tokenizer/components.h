@@ -136,6 +136,8 @@ struct AddedToken {
   std::string content;
   int32_t id = -1;
   bool special = false, lstrip = false, rstrip = false, normalized = false, single_word = false;
+  // What decode and id_to_token give: tokenizers returns a normalized token's content normalized.
+  std::string decoded;
 };
 
 // Leftmost-longest matcher over a set of strings (what `tokenizers` does with aho-corasick).

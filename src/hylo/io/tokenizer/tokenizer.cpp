@@ -46,8 +46,10 @@ void TokenizerImpl::refresh_matchers() {
       if (t.normalized) {
         std::string content = t.content;
         if (normalizer) normalizer->normalize(content);
+        added[i].decoded = content;
         norm.emplace_back(std::move(content), static_cast<int>(i));
       } else {
+        added[i].decoded = t.content;
         raw.emplace_back(t.content, static_cast<int>(i));
       }
     }
@@ -159,7 +161,7 @@ std::string TokenizerImpl::decode(std::span<const int32_t> ids, bool skip_specia
     if (auto it = added_by_id.find(id); it != added_by_id.end()) {
       const AddedToken& t = added[it->second];
       if (skip_special && t.special) continue;
-      tokens.push_back(t.content);
+      tokens.push_back(t.decoded);
     } else if (id >= 0 && static_cast<std::size_t>(id) < model.id_to_token.size() && !model.id_to_token[id].empty()) {
       tokens.push_back(model.id_to_token[id]);
     }
@@ -192,7 +194,7 @@ std::optional<int32_t> TokenizerImpl::token_to_id(std::string_view token) const 
 }
 
 std::optional<std::string> TokenizerImpl::id_to_token(int32_t id) const {
-  if (auto it = added_by_id.find(id); it != added_by_id.end()) return added[it->second].content;
+  if (auto it = added_by_id.find(id); it != added_by_id.end()) return added[it->second].decoded;
   if (id >= 0 && static_cast<std::size_t>(id) < model.id_to_token.size() && !model.id_to_token[id].empty())
     return model.id_to_token[id];
   return std::nullopt;
