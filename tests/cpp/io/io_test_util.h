@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,17 +17,27 @@ namespace hylo::io::testing {
 
 using Bytes = std::vector<uint8_t>;
 
-inline std::filesystem::path temp_dir() {
+// A fresh directory for the current test, removed (with its contents) when the test ends.
+struct TempDir : std::filesystem::path {
+  explicit TempDir(std::filesystem::path p) : std::filesystem::path(std::move(p)) {}
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(*this, ec);
+  }
+};
+
+inline TempDir temp_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   // tmpfs when there is one: the truncation tests write a thousand small files.
   std::error_code ec;
   std::filesystem::path base =
       std::filesystem::is_directory("/dev/shm", ec) ? std::filesystem::path("/dev/shm") : std::filesystem::temp_directory_path();
-  auto dir = base /
-             ("hylo_io_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-  std::filesystem::remove_all(dir);
+  auto dir = base / ("hylo_io_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
+  std::filesystem::remove_all(dir, ec);
   std::filesystem::create_directories(dir);
-  return dir;
+  return TempDir(dir);
 }
 
 inline void write_bytes(const std::filesystem::path& p, const Bytes& b) {
