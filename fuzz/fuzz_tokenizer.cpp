@@ -1,9 +1,11 @@
 // libFuzzer target for the tokenizer. The first input byte picks the mode:
 //   even: the rest is text, encoded with the fixed byte-level tokenizer tests/data/tokenizer/tiny_bytelevel.json;
-//         decode(encode(x)) must equal the lossy UTF-8 reading of x (byte-level BPE is lossless), and
-//         StreamDecoder must emit the same text piecewise.
+//         decode(encode(x)) must equal the lossy UTF-8 reading of x (byte-level BPE is lossless), StreamDecoder
+//         must emit the same text piecewise, and with bit 1 set, encoding with special tokens must add exactly
+//         the template's <|endoftext|> in front.
 //   odd:  the rest is a tokenizer.json; loading must end in a tokenizer or an error (never a crash), and an
 //         accepted tokenizer must encode and decode a fixed text.
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -28,11 +30,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
   if ((data[0] & 1) == 0) {
     const auto& tok = fixed_tokenizer();
-    const auto ids = tok.encode(rest, (data[0] & 2) != 0);
+    const auto ids = tok.encode(rest, false);
     for (int32_t id : ids)
       if (id < 0 || id >= tok.vocab_size()) std::abort();
-    if (tok.decode(ids, true) != hylo::tok::utf8_lossy(rest)) std::abort();
-    hylo::tok::StreamDecoder sd(tok);
+    if (tok.decode(ids, false) != hylo::tok::utf8_lossy(rest)) std::abort();
+    if (data[0] & 2) {
+      // The file's template puts <|endoftext|> before the sequence.
+      auto with = tok.encode(rest, true);
+      if (with.empty() || with[0] != *tok.token_to_id("<|endoftext|>") ||
+          !std::equal(with.begin() + 1, with.end(), ids.begin(), ids.end()))
+        std::abort();
+    }
+    hylo::tok::StreamDecoder sd(tok, /*skip_special_tokens=*/false);
     std::string streamed;
     for (int32_t id : ids) streamed += sd.push(id);
     streamed += sd.flush();
