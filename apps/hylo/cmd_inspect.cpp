@@ -1,8 +1,9 @@
-// hylo inspect MODEL [--context N] [--json]
+// hylo inspect MODEL [--plan PLAN.yaml] [--context N] [--json]
 // What a model is and what it costs to run, read from its config and tensor headers only (no weights are
 // materialised): architecture, parameter count (from the config, cross-checked with the checkpoint's tensor
 // element counts), one row per layer (mixer, dims, parameters, KV cache per token, recurrent state), and the
 // totals: KV cache bytes per token and at N tokens (bf16), recurrent state bytes per sequence (fp32).
+// With --plan, the report is of the hybrid that the layer plan makes of MODEL (config only, nothing loaded).
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "command.h"
 #include "hylo/config/gguf_config.h"
 #include "hylo/config/hybrid_config.h"
+#include "hylo/config/layer_plan.h"
 #include "hylo/config/model_config.h"
 #include "hylo/io/gguf.h"
 #include "hylo/io/safetensors.h"
@@ -40,8 +42,12 @@ InspectedModel inspect_source(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path / "config.json", ec))
       throw Error(path.string() + ": a model directory needs config.json");
     // Tensor headers only: opening a checkpoint maps the files and parses their headers.
+    // A directory may hold a config alone (inspect a shape before any weights exist); a checkpoint that is
+    // there but broken is an error, never silently ignored.
     std::optional<io::SafetensorsCheckpoint> ckpt;
-    if (auto c = io::SafetensorsCheckpoint::open(path); c.ok()) ckpt.emplace(std::move(c).value());
+    if (std::filesystem::exists(path / "model.safetensors", ec) ||
+        std::filesystem::exists(path / "model.safetensors.index.json", ec))
+      ckpt.emplace(io::SafetensorsCheckpoint::open(path).value_or_throw());
     auto shape_of = [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
       if (!ckpt) return std::nullopt;
       const io::TensorInfo* info = ckpt->find(name);
@@ -206,8 +212,15 @@ void print_text(const nlohmann::json& j) {
               human_bytes(static_cast<double>(state)).c_str());
 }
 
-int run_inspect(const std::string& model, int64_t context, bool json) {
-  const InspectedModel m = inspect_source(model);
+int run_inspect(const std::string& model, const std::string& plan_path, int64_t context, bool json) {
+  InspectedModel m = inspect_source(model);
+  if (!plan_path.empty()) {
+    // What the plan would make of this teacher, before any weights exist: the hybrid's config alone.
+    const LayerPlan plan = load_layer_plan(plan_path).value_or_throw();
+    m.config = apply_plan(m.config, plan).value_or_throw();
+    m.tensor_params.reset();
+    m.format += "+plan";
+  }
   if (context < 0) throw Error("inspect: --context must be >= 0, got " + std::to_string(context));
   if (context == 0) context = m.config.max_position_embeddings > 0 ? m.config.max_position_embeddings : 4096;
   nlohmann::json j = describe(model, m, context);
@@ -224,10 +237,12 @@ CommandRun setup_inspect(CLI::App& app) {
   auto model = std::make_shared<std::string>();
   auto context = std::make_shared<int64_t>(0);
   auto json = std::make_shared<bool>(false);
+  auto plan = std::make_shared<std::string>();
   app.add_option("model", *model, "HF / hylo model directory or GGUF file")->required();
+  app.add_option("--plan", *plan, "layer plan (recipes/plans/*.yaml): report the hybrid this plan makes of MODEL");
   app.add_option("--context", *context, "tokens for the KV cache total (default: max_position_embeddings)");
   app.add_flag("--json", *json, "print JSON instead of a table");
-  return [=] { return run_inspect(*model, *context, *json); };
+  return [=] { return run_inspect(*model, *plan, *context, *json); };
 }
 
 }  // namespace

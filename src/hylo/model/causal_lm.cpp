@@ -104,6 +104,14 @@ std::unique_ptr<ModelState> CausalLM::new_state(int64_t batch, int64_t max_token
 
 at::Tensor CausalLM::forward_hidden(const at::Tensor& ids_in, ModelState* state) {
   if (ids_in.dim() != 2) throw Error("CausalLM::forward: ids must be [B, T], got " + shape_str(ids_in.sizes()));
+  // Ids from users (prompts, text files, calibration text) arrive on the CPU. An id outside the vocabulary there
+  // means the tokenizer does not belong to this model; say so instead of ATen's index error from the embedding.
+  if (ids_in.device().is_cpu() && ids_in.numel() > 0) {
+    const int64_t lo = ids_in.min().item<int64_t>(), hi = ids_in.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size)
+      throw Error("CausalLM::forward: token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the model's vocabulary of " +
+                  std::to_string(config_.vocab_size) + " (is the tokenizer the model's own?)");
+  }
   at::Tensor ids = ids_in.to(options_.device(), at::kLong);  // [B, T]
   const int64_t t = ids.size(1);
   const int64_t start = state ? state->length : 0;

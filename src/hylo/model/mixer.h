@@ -26,6 +26,15 @@ class MixerState {
   virtual int64_t bytes() const = 0;  // memory held now
 };
 
+// Writes a new value into a state tensor. A decode loop without autograd writes in place (so a caller may hand
+// in views of a larger state pool); a differentiable call rebinds the tensor to keep the graph.
+inline void store_state(at::Tensor& dst, const at::Tensor& src) {
+  if (dst.defined() && !src.requires_grad() && !dst.requires_grad() && dst.sizes() == src.sizes())
+    dst.copy_(src);
+  else
+    dst = src;
+}
+
 class Mixer {
  public:
   virtual ~Mixer() = default;

@@ -22,15 +22,6 @@ at::Tensor l2_normalize(const at::Tensor& x) {
   return x * at::rsqrt(x.pow(2).sum(-1, /*keepdim=*/true) + 1e-6);
 }
 
-// The state holds its own tensors; a decode loop without autograd writes into them (a caller may hand in views of a
-// larger state pool), while a differentiable call rebinds them to keep the graph.
-void store(at::Tensor& dst, const at::Tensor& src) {
-  if (dst.defined() && !src.requires_grad() && !dst.requires_grad() && dst.sizes() == src.sizes())
-    dst.copy_(src);
-  else
-    dst = src;
-}
-
 }  // namespace
 
 int64_t GatedDeltaNetState::bytes() const {
@@ -173,11 +164,11 @@ at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*
                                          : gated_delta_chunk(qh, kh, vh, g, beta, scale, h0, chunk_size_);
   if (st) {
     if (s.use_short_conv) {
-      store(st->conv_q, new_cq);
-      store(st->conv_k, new_ck);
-      store(st->conv_v, new_cv);
+      store_state(st->conv_q, new_cq);
+      store_state(st->conv_k, new_ck);
+      store_state(st->conv_v, new_cv);
     }
-    store(st->recurrent, rule.final_state.to(st->recurrent.scalar_type()));
+    store_state(st->recurrent, rule.final_state.to(st->recurrent.scalar_type()));
   }
 
   at::Tensor o;                                                                             // [B, T, H, Dv]

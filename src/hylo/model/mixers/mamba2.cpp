@@ -25,15 +25,6 @@ at::Tensor repeat_groups(const at::Tensor& t, int64_t groups, int64_t repeats) {
   return t.view({b, n, groups, 1, w}).expand({b, n, groups, repeats, w}).reshape({b, n, groups * repeats * w});
 }
 
-// The state holds its own tensors; a decode loop without autograd writes into them (so a caller may hand in
-// views of a larger state pool), while a differentiable call rebinds them to keep the graph.
-void store(at::Tensor& dst, const at::Tensor& src) {
-  if (dst.defined() && !src.requires_grad() && !dst.requires_grad() && dst.sizes() == src.sizes())
-    dst.copy_(src);
-  else
-    dst = src;
-}
-
 }  // namespace
 
 int64_t Mamba2State::bytes() const {
@@ -145,8 +136,8 @@ at::Tensor Mamba2Mixer::forward(const at::Tensor& x, const at::Tensor& /*positio
     ssd = ssd_chunk(xs, delta, A, bs, cs, d_, st ? st->ssm : at::Tensor(), s.chunk_size);  // y [B, T, H, P]
   }
   if (st) {
-    store(st->conv, conv_state);
-    store(st->ssm, ssd.final_state.to(st->ssm.scalar_type()));
+    store_state(st->conv, conv_state);
+    store_state(st->ssm, ssd.final_state.to(st->ssm.scalar_type()));
   }
 
   at::Tensor y = ssd.y.reshape({b, t, di});                                       // [B, T, di]
