@@ -166,6 +166,33 @@ TEST(StreamDecoder, EmitsOnlyCompleteCharacters) {
   EXPECT_EQ(streamed, text);
 }
 
+// Llama-2 style: Prepend/Replace normalizer, byte fallback, Replace/ByteFallback/Fuse/Strip decoder.
+constexpr const char* kSpmJson = R"({
+  "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                 {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+  "pre_tokenizer": null,
+  "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+              {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+  "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true,
+            "vocab": {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "\u2581a": 4, "<0xE2>": 5, "<0x82>": 6, "<0xAC>": 7},
+            "merges": ["\u2581 a"]}
+})";
+
+TEST(SentencePieceStyle, ByteFallbackAndStreaming) {
+  auto tok = Tokenizer::from_json_string(kSpmJson).value_or_throw();
+  // "a b\u20ACa": ▁a ▁ b <0xE2> <0x82> <0xAC> a ; "z" has no piece and no byte token -> <unk>
+  EXPECT_EQ(tok.encode("a b\xE2\x82\xAC" "a"), (std::vector<int32_t>{4, 1, 3, 5, 6, 7, 2}));
+  EXPECT_EQ(tok.encode("zz a"), (std::vector<int32_t>{1, 0, 4}));
+  const std::vector<int32_t> ids{4, 1, 3, 5, 6, 7, 2, 4, 5, 4};
+  const std::string full = tok.decode(ids);
+  EXPECT_EQ(full, "a b\xE2\x82\xAC" "a a" + kFffd + " a");  // a lone <0xE2> decodes to U+FFFD
+  StreamDecoder sd(tok, false);
+  std::string streamed;
+  for (int32_t id : ids) streamed += sd.push(id);
+  streamed += sd.flush();
+  EXPECT_EQ(streamed, full);
+}
+
 TEST(Errors, BrokenJsonNamesTheProblem) {
   auto r = Tokenizer::from_json_string("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
   ASSERT_FALSE(r.ok());

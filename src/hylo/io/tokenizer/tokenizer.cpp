@@ -331,21 +331,26 @@ StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool skip_special_token
 
 std::string StreamDecoder::push(int32_t id) {
   ids_.push_back(id);
-  // Decoding the whole sequence again keeps the decoder's context (leading-space rules, byte fallback) exact;
-  // text ending in U+FFFD may be an incomplete character that the next token completes, so it waits.
-  std::string text = tok_.decode(ids_, skip_special_);
-  if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) return {};
-  if (text.size() < emitted_bytes_) return {};
-  std::string fresh = text.substr(emitted_bytes_);
-  emitted_bytes_ = text.size();
+  const auto window = std::span<const int32_t>(ids_).subspan(prefix_index_);
+  std::string text = tok_.decode(window, skip_special_);
+  // Text ending in U+FFFD may be a character whose remaining bytes come with the next token: wait for it.
+  if (text.size() <= prefix_.size() || (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0))
+    return {};
+  std::string fresh = text.substr(prefix_.size());
+  // The emitted ids become the decoding context of the next window.
+  prefix_index_ = read_index_;
+  read_index_ = ids_.size();
+  prefix_ = tok_.decode(std::span<const int32_t>(ids_).subspan(prefix_index_), skip_special_);
   return fresh;
 }
 
 std::string StreamDecoder::flush() {
-  std::string text = tok_.decode(ids_, skip_special_);
-  std::string fresh = text.size() > emitted_bytes_ ? text.substr(emitted_bytes_) : std::string();
+  const auto window = std::span<const int32_t>(ids_).subspan(prefix_index_);
+  std::string text = tok_.decode(window, skip_special_);
+  std::string fresh = text.size() > prefix_.size() ? text.substr(prefix_.size()) : std::string();
   ids_.clear();
-  emitted_bytes_ = 0;
+  prefix_.clear();
+  prefix_index_ = read_index_ = 0;
   return fresh;
 }
 

@@ -59,6 +59,9 @@ class Tokenizer {
 };
 
 // Incremental detokenizer for streaming output: feeds ids one by one and returns only complete UTF-8 text.
+// The concatenation of everything push() and flush() return equals decode() of all ids; each push decodes
+// only the ids since the last emitted piece (plus that piece, for the decoder's context), so streaming n
+// tokens costs O(n), not O(n^2).
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true);
@@ -68,7 +71,11 @@ class StreamDecoder {
   const Tokenizer& tok_;
   bool skip_special_;
   std::vector<int32_t> ids_;
-  std::size_t emitted_bytes_ = 0;
+  std::size_t emitted_bytes_ = 0;  // unused; kept for layout compatibility of earlier builds
+  // Window of ids decoded on each push (as tokenizers' DecodeStream): ids_[prefix_index_, read_index_) have
+  // been emitted and decode to prefix_; new text is decode(ids_[prefix_index_..]) minus prefix_.
+  std::size_t prefix_index_ = 0, read_index_ = 0;
+  std::string prefix_;
 };
 
 }  // namespace hylo::tok
