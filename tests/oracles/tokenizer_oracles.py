@@ -1,5 +1,6 @@
 """Shared pieces of the tokenizer oracle tests: where the data is, the reference `tokenizers` objects
 (including the ones built here because no file exists for them), and running `hylo tokenize --jsonl`."""
+import functools
 import json
 import os
 import pathlib
@@ -61,6 +62,7 @@ def as_item(data: bytes):
         return {"hex": data.hex()}
 
 
+@functools.lru_cache(maxsize=2)
 def smollm2_gguf_oracle(gguf_path):
     """The reference tokenizer for the SmolLM2 GGUF vocabulary.
 
