@@ -275,3 +275,51 @@ def test_cli_plain_modes(tmp_path):
     assert out == ref.decode(ids, skip_special_tokens=False)
     r = subprocess.run([hylo_bin(), "tokenize", "--tokenizer", str(path), "--decode"], input=b"12 abc", capture_output=True)
     assert r.returncode == 1 and b"abc" in r.stderr
+
+
+def write_gguf_vocab(tokenizer_json: pathlib.Path, out: pathlib.Path, pre: str, add_bos: bool):
+    """A GGUF holding only the tokenizer.ggml.* metadata of a byte-level tokenizer.json, as llama.cpp's
+    converter writes it (control = special added tokens, user-defined = other added tokens)."""
+    import gguf
+    j = json.loads(tokenizer_json.read_text())
+    vocab = dict(j["model"]["vocab"])
+    kind = {}
+    for t in j["added_tokens"]:
+        vocab[t["content"]] = t["id"]
+        kind[t["id"]] = 3 if t["special"] else 4
+    n = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = [" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]]
+    w = gguf.GGUFWriter(str(out), arch="llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([kind.get(i, 1) for i in range(n)])
+    w.add_token_merges(merges)
+    bos = next((t["id"] for t in j["added_tokens"] if t["content"] in ("<|begin_of_text|>",)), None)
+    if bos is not None:
+        w.add_bos_token_id(bos)
+    w.add_add_bos_token(add_bos)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("name,pre,add_bos", [("llama3_2", "llama-bpe", True), ("qwen3", "qwen2", False)])
+def test_gguf_pre_tokenizer_types(tmp_path, inputs, name, pre, add_bos):
+    """GGUF vocabularies with tokenizer.ggml.pre "llama-bpe" and "qwen2" (built here from the tokenizer.json
+    files) must encode as those tokenizer.json files do. Qwen3's tokenizer.json also applies NFC, which a
+    GGUF does not record, so only the shared text (already NFC) is compared, not the adversarial set."""
+    from tokenizers import Tokenizer
+    whole, small = inputs
+    src = DATA / "tokenizers" / name / "tokenizer.json"
+    ref = Tokenizer.from_file(str(src))
+    g = tmp_path / f"{name}.gguf"
+    write_gguf_vocab(src, g, pre, add_bos)
+    slices = small[:N_SLICES]
+    for texts, cache in ((whole, True), (slices, False)):
+        theirs = reference_ids(name, ref, texts, True, cache=cache)
+        check_same(f"{name} via GGUF ({pre})", "encode", texts, run_jsonl(g, [as_item(t) for t in texts]), theirs)
