@@ -37,6 +37,7 @@ struct UpcycleArgs {
   int64_t smart = 0;
   int64_t calibration_tokens = 256;
   std::string dtype = "fp32";
+  std::string teacher_dtype = "fp32";
   uint64_t seed = 0;
   int threads = 0;
   bool assemble = false, no_progress = false;
@@ -118,7 +119,11 @@ int run_upcycle(const UpcycleArgs& a) {
   const ModelConfig tconf = teacher_config(a.teacher).value_or_throw();
   (void)apply_plan(tconf, plan).value_or_throw();
 
-  auto teacher = CausalLM::load(a.teacher);  // fp32: the SVDs run in fp64 from it, the KL in fp32
+  // fp32 by default: the SVDs run in fp64 from it, the KL in fp32. A bf16 checkpoint loses nothing when loaded
+  // as bf16 (the SVD still upcasts to fp64), which halves the teacher's memory for large models.
+  LoadOptions teacher_load;
+  teacher_load.dtype = parse_scalar_type(a.teacher_dtype);
+  auto teacher = CausalLM::load(a.teacher, teacher_load);
   UpcycleOptions opts;
   opts.calibration_text = a.calibration;
   opts.calibration_tokens = a.calibration_tokens;
@@ -127,7 +132,9 @@ int run_upcycle(const UpcycleArgs& a) {
   opts.progress = !a.no_progress;
   if (a.smart > 0) plan = select_smart_plan(*teacher, plan, opts, a);
   UpcycleResult r = upcycle(*teacher, plan, opts).value_or_throw();
-  save_checkpoint(*r.model, a.out, teacher->source()).value_or_throw();
+  const std::filesystem::path tokenizer_source = teacher->source();
+  teacher.reset();  // not needed any more: lowers the peak while the checkpoint is written
+  save_checkpoint(*r.model, a.out, tokenizer_source).value_or_throw();
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%s", r.report.table().c_str());
   std::printf("wrote %s in %.1f s total\n", a.out.c_str(), total);
@@ -151,6 +158,8 @@ CommandRun setup(CLI::App& app) {
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
   app.add_option("--json", a->json, "also write the report as JSON to this file");
   app.add_option("--dtype", a->dtype, "dtype of the hybrid's parameters (fp32, bf16, ...)")->capture_default_str();
+  app.add_option("--teacher-dtype", a->teacher_dtype, "dtype the teacher is loaded in (bf16 halves its memory)")
+      ->capture_default_str();
   app.add_option("--seed", a->seed, "seed of the parameters without a teacher counterpart")->capture_default_str();
   app.add_option("--stage1", a->stage1, "make the Stage-I model of the plan instead: mla (every layer MLA) or linear");
   app.add_flag("--assemble", a->assemble, "assemble the hybrid from two Stage-I checkpoints (--from-mla, --from-linear)");
