@@ -29,10 +29,12 @@ void ProgressBar::set(int64_t done) {
 void ProgressBar::finish() {
   if (finished_) return;
   finished_ = true;
-  draw(true);
+  // A log (not a terminal) already has the line for the last step; a terminal needs its final newline.
+  if (tty_ || drawn_ != done_) draw(true);
 }
 
 void ProgressBar::draw(bool final) {
+  drawn_ = done_;
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
   double frac = total_ > 0 ? std::min(1.0, static_cast<double>(done_) / static_cast<double>(total_)) : 0.0;

@@ -19,7 +19,7 @@ class ProgressBar {
  private:
   void draw(bool final);
   std::string label_, unit_;
-  int64_t total_ = 0, done_ = 0;
+  int64_t total_ = 0, done_ = 0, drawn_ = -1;  // drawn_: done_ at the last line printed
   bool tty_ = false, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;
 };
