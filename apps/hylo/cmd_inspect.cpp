@@ -16,6 +16,7 @@
 #include "hylo/config/hybrid_config.h"
 #include "hylo/config/layer_plan.h"
 #include "hylo/config/model_config.h"
+#include "hylo/core/progress.h"
 #include "hylo/io/gguf.h"
 #include "hylo/io/safetensors.h"
 
@@ -30,10 +31,6 @@ struct InspectedModel {
   std::optional<int64_t> tensor_params;  // sum of the checkpoint's parameter tensors' elements
   std::string format;                    // "hf", "gguf"
 };
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 InspectedModel inspect_source(const std::filesystem::path& path) {
   InspectedModel m;
@@ -60,7 +57,7 @@ InspectedModel inspect_source(const std::filesystem::path& path) {
       int64_t n = 0;
       for (const auto& name : ckpt->names()) {
         // Buffers some checkpoints store beside the parameters, and the duplicate of a tied head.
-        if (ends_with(name, "rotary_emb.inv_freq")) continue;
+        if (name.ends_with("rotary_emb.inv_freq")) continue;
         if (m.config.tie_word_embeddings && name == "lm_head.weight") continue;
         n += ckpt->find(name)->numel();
       }
@@ -130,18 +127,6 @@ std::string dims_text(const LayerSpec& l) {
   return s.str();
 }
 
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024.0 && u < 4) {
-    b /= 1024.0;
-    ++u;
-  }
-  char buf[64];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
-  return buf;
-}
-
 nlohmann::json describe(const std::string& source, const InspectedModel& m, int64_t context) {
   const ModelConfig& c = m.config;
   nlohmann::json j;
@@ -206,10 +191,10 @@ void print_text(const nlohmann::json& j) {
   const auto kv = j["kv_bytes_per_token"].get<long long>();
   const auto at_ctx = j["kv_bytes_at_context"].get<long long>();
   const auto state = j["state_bytes_per_sequence"].get<long long>();
-  std::printf("\nKV cache (bf16)         %lld B per token (%s); %s at %lld tokens\n", kv, human_bytes(kv).c_str(),
-              human_bytes(static_cast<double>(at_ctx)).c_str(), j["context"].get<long long>());
+  std::printf("\nKV cache (bf16)         %lld B per token (%s); %s at %lld tokens\n", kv, format_bytes(kv).c_str(),
+              format_bytes(static_cast<double>(at_ctx)).c_str(), j["context"].get<long long>());
   std::printf("recurrent state (fp32)  %lld B per sequence (%s), independent of context\n", state,
-              human_bytes(static_cast<double>(state)).c_str());
+              format_bytes(static_cast<double>(state)).c_str());
 }
 
 int run_inspect(const std::string& model, const std::string& plan_path, int64_t context, bool json) {

@@ -36,16 +36,6 @@ int64_t ModelState::bytes() const {
   return n;
 }
 
-namespace {
-
-std::string shape_str(at::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-}  // namespace
-
 CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options)
     : config_(std::move(config)), options_(options) {
   const int64_t v = config_.vocab_size, d = config_.hidden_size;
@@ -192,10 +182,6 @@ void load_weights(CausalLM& model, const WeightSource& source) {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 std::unique_ptr<CausalLM> load_hf_directory(const std::filesystem::path& dir, const LoadOptions& options) {
   // The tensor shapes are needed before the config is complete: AMD hybrids publish no GDN dims.
   auto ckpt = io::SafetensorsCheckpoint::open(dir).value_or_throw();
@@ -217,7 +203,7 @@ std::unique_ptr<CausalLM> load_hf_directory(const std::filesystem::path& dir, co
   const bool tied = config.tie_word_embeddings;
   src.ignorable = [tied](const std::string& name) {
     // Old checkpoints store the rotary tables; tied ones sometimes also store the (identical) head.
-    return ends_with(name, "rotary_emb.inv_freq") || (tied && name == "lm_head.weight");
+    return name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight");
   };
   detail::load_weights(*model, src);
   return model;

@@ -3,16 +3,11 @@
 #include <string>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo {
 
 namespace {
-
-std::string shape_str(const at::Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
 
 // bf16/fp16 accumulate in fp32; fp32 and fp64 keep their own precision.
 at::ScalarType compute_type(at::ScalarType t) {

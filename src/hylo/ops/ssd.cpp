@@ -6,17 +6,11 @@
 #include <vector>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo {
 
 namespace {
-
-std::string shape_str(const at::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
 
 // bf16/fp16/fp32 compute in fp32; fp64 stays fp64 (the oracle precision).
 at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }

@@ -73,6 +73,14 @@ at::Tensor tensor_from_view(const io::TensorView& view) {
   return out;
 }
 
+std::string shape_str(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string shape_str(const at::Tensor& t) { return t.defined() ? shape_str(t.sizes()) : "undefined"; }
+
 double relative_rms_error(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor a64 = a.detach().to(at::kCPU, at::kDouble), b64 = b.detach().to(at::kCPU, at::kDouble);
   double denom = b64.norm().item<double>();

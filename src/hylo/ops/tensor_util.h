@@ -21,6 +21,10 @@ io::DType to_io_dtype(at::ScalarType type);       // throws for types safetensor
 // Copies a checkpoint tensor into a new ATen tensor (owning its memory) of its stored dtype.
 at::Tensor tensor_from_view(const io::TensorView& view);
 
+// "[2, 3, 4]" for error messages; "undefined" for an undefined tensor.
+std::string shape_str(at::IntArrayRef shape);
+std::string shape_str(const at::Tensor& t);
+
 // Relative RMS error ||a-b|| / ||b|| computed in fp64; used by tests and benchmarks.
 double relative_rms_error(const at::Tensor& a, const at::Tensor& b);
 

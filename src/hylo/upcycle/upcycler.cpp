@@ -13,6 +13,7 @@
 #include "hylo/core/file_util.h"
 #include "hylo/core/progress.h"
 #include "hylo/io/tokenizer/tokenizer.h"
+#include "hylo/ops/tensor_util.h"
 #include "hylo/upcycle/init_gdn.h"
 #include "hylo/upcycle/init_mamba2.h"
 #include "hylo/upcycle/init_mla.h"
@@ -24,12 +25,6 @@ using init::NamedTensors;
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 // Copies `src` into a parameter of the student. Shapes must agree up to singleton dimensions (a depthwise conv
 // is [C, K] here and [C, 1, K] in checkpoints of other layouts).

@@ -65,11 +65,6 @@ std::string render_chatml(const ChatTemplateInfo& info, const std::vector<ChatMe
   return out;
 }
 
-bool starts_with(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
-
 std::string render_qwen3(const std::vector<ChatMessage>& msgs, bool gen) {
   std::string out;
   if (!msgs.empty() && msgs[0].role == "system") out += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
@@ -77,7 +72,7 @@ std::string render_qwen3(const std::vector<ChatMessage>& msgs, bool gen) {
   std::size_t last_query = msgs.empty() ? 0 : msgs.size() - 1;
   for (std::size_t k = msgs.size(); k-- > 0;) {
     const auto& m = msgs[k];
-    if (m.role == "user" && !(starts_with(m.content, "<tool_response>") && ends_with(m.content, "</tool_response>"))) {
+    if (m.role == "user" && !(m.content.starts_with("<tool_response>") && m.content.ends_with("</tool_response>"))) {
       last_query = k;
       break;
     }
