@@ -67,7 +67,7 @@ Result<ModelConfig> model_config_from_gguf(const io::GgufFile& f) {
   HYLO_TRY(int64_t n_layers, f.get_int(p + "block_count"));
   HYLO_CHECK_OK(require_positive(f, p + "block_count", n_layers));
   // Sanity bound before anything is sized by it (the largest released models have a few hundred layers).
-  if (n_layers > 100000)
+  if (n_layers > kMaxLayers)
     return make_error(where + ": metadata key \"" + p + "block_count\" = " + std::to_string(n_layers) +
                       " is not a plausible layer count");
   HYLO_TRY(c.hidden_size, f.get_int(p + "embedding_length"));

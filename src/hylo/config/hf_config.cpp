@@ -243,6 +243,9 @@ Result<ModelConfig> model_config_from_hf_json(const nlohmann::json& j, const std
   HYLO_TRY(c.hidden_size, r.req_int("hidden_size", 1));
   HYLO_TRY(int64_t intermediate, r.req_int("intermediate_size", 1));
   HYLO_TRY(int64_t layers, r.req_int("num_hidden_layers", 1));
+  if (layers > kMaxLayers)
+    return make_error(r.where("num_hidden_layers") + " is " + std::to_string(layers) + " (at most " +
+                      std::to_string(kMaxLayers) + " supported)");
   HYLO_TRY(int64_t heads, r.req_int("num_attention_heads", 1));
   HYLO_TRY(auto kv_heads_opt, r.opt_int("num_key_value_heads"));
   const int64_t kv_heads = kv_heads_opt ? *kv_heads_opt : heads;

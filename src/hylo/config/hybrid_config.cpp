@@ -123,6 +123,46 @@ json layer_to_json(const LayerSpec& l) {
   return j;
 }
 
+// The dims every mixer needs to be well formed, checked wherever a layer spec comes from a file (a hylo
+// `hybrid` block or an AMD hybrid_config.json). `where` names the file and layer.
+Status validate_layer(const LayerSpec& l, const std::string& where) {
+  switch (l.mixer) {
+    case MixerKind::kGqa: {
+      const auto& g = l.gqa;
+      if (g.num_heads <= 0 || g.num_kv_heads <= 0 || g.head_dim <= 0 || g.num_heads % g.num_kv_heads != 0)
+        return make_error(where + ": num_heads, num_kv_heads and head_dim must be positive and num_kv_heads must divide num_heads");
+      break;
+    }
+    case MixerKind::kMla: {
+      const auto& m = l.mla;
+      if (m.num_heads <= 0 || m.kv_lora_rank <= 0 || m.num_kv_groups <= 0 || m.num_heads % m.num_kv_groups != 0)
+        return make_error(where + ": num_heads, kv_lora_rank, num_kv_groups must be positive and num_kv_groups must divide num_heads");
+      if (m.q_lora_rank < 0 || m.qk_nope_head_dim < 0 || m.v_head_dim <= 0 || m.qk_rope_head_dim < 0 ||
+          m.qk_rope_head_dim % 2 != 0)
+        return make_error(where + ": q_lora_rank, qk_nope_head_dim >= 0, v_head_dim > 0 and an even qk_rope_head_dim >= 0 expected");
+      break;
+    }
+    case MixerKind::kGdn: {
+      const auto& g = l.gdn;
+      if (g.num_heads <= 0 || g.head_k_dim <= 0 || g.head_v_dim <= 0 || g.conv_size <= 0)
+        return make_error(where + ": num_heads, head_k_dim, head_v_dim and conv_size must be positive");
+      break;
+    }
+    case MixerKind::kMamba2: {
+      const auto& m = l.mamba2;
+      if (m.n_heads <= 0 || m.head_dim <= 0 || m.d_state <= 0 || m.d_inner != m.n_heads * m.head_dim)
+        return make_error(where + ": d_inner must equal n_heads * head_dim (all positive)");
+      if (m.d_xb <= 0 || m.d_xb % m.head_dim != 0 || (m.n_heads % (m.d_xb / m.head_dim)) != 0)
+        return make_error(where + ": d_xb must be a multiple of head_dim whose group count divides n_heads");
+      if (m.norm_group_size <= 0 || m.d_inner % m.norm_group_size != 0)
+        return make_error(where + ".norm_group_size: must divide d_inner");
+      if (m.conv_size <= 0 || m.chunk_size <= 0) return make_error(where + ": conv_size and chunk_size must be positive");
+      break;
+    }
+  }
+  return {};
+}
+
 Result<LayerSpec> layer_from_json(const json& j, const std::string& where) {
   if (!j.is_object()) return make_error(where + ": expected an object");
   if (!j.contains("mixer") || !j["mixer"].is_string())
@@ -152,8 +192,6 @@ Result<LayerSpec> layer_from_json(const json& j, const std::string& where) {
         HYLO_TRY(int64_t w, r.integer("sliding_window"));
         g.sliding_window = w;
       }
-      if (g.num_heads <= 0 || g.num_kv_heads <= 0 || g.head_dim <= 0 || g.num_heads % g.num_kv_heads != 0)
-        return make_error(r.where + ": num_heads, num_kv_heads and head_dim must be positive and num_kv_heads must divide num_heads");
       break;
     }
     case MixerKind::kMla: {
@@ -170,9 +208,6 @@ Result<LayerSpec> layer_from_json(const json& j, const std::string& where) {
       if (j[key].contains("rope")) {
         HYLO_TRY(m.rope, rope_from_json(j[key]["rope"], r.where + ".rope"));
       }
-      if (m.num_heads <= 0 || m.kv_lora_rank <= 0 || m.num_kv_groups <= 0 || m.num_heads % m.num_kv_groups != 0)
-        return make_error(r.where + ": num_heads, kv_lora_rank, num_kv_groups must be positive and num_kv_groups must divide num_heads");
-      if (m.qk_rope_head_dim % 2 != 0) return make_error(r.where + ".qk_rope_head_dim: must be even");
       break;
     }
     case MixerKind::kGdn: {
@@ -184,8 +219,6 @@ Result<LayerSpec> layer_from_json(const json& j, const std::string& where) {
       HYLO_TRY(g.use_gate, r.boolean_or("use_gate", true));
       HYLO_TRY(g.use_short_conv, r.boolean_or("use_short_conv", true));
       HYLO_TRY(g.norm_eps, r.number_or("norm_eps", 1e-5));
-      if (g.num_heads <= 0 || g.head_k_dim <= 0 || g.head_v_dim <= 0 || g.conv_size <= 0)
-        return make_error(r.where + ": num_heads, head_k_dim, head_v_dim and conv_size must be positive");
       break;
     }
     case MixerKind::kMamba2: {
@@ -201,15 +234,10 @@ Result<LayerSpec> layer_from_json(const json& j, const std::string& where) {
       HYLO_TRY(m.conv_bias, r.boolean_or("conv_bias", true));
       HYLO_TRY(m.repeat_kv_before_conv, r.boolean_or("repeat_kv_before_conv", false));
       HYLO_TRY(m.norm_eps, r.number_or("norm_eps", 1e-5));
-      if (m.n_heads <= 0 || m.head_dim <= 0 || m.d_state <= 0 || m.d_inner != m.n_heads * m.head_dim)
-        return make_error(r.where + ": d_inner must equal n_heads * head_dim (all positive)");
-      if (m.d_xb <= 0 || m.d_xb % m.head_dim != 0 || (m.n_heads % (m.d_xb / m.head_dim)) != 0)
-        return make_error(r.where + ": d_xb must be a multiple of head_dim whose group count divides n_heads");
-      if (m.norm_group_size <= 0 || m.d_inner % m.norm_group_size != 0)
-        return make_error(r.where + ".norm_group_size: must divide d_inner");
       break;
     }
   }
+  HYLO_CHECK_OK(validate_layer(l, where + "." + key));
   return l;
 }
 
@@ -290,7 +318,12 @@ Result<ModelConfig> import_amd_hybrid_config(const json& backbone, const json& h
     const json& rs = hybrid["rope_scaling"];
     json rj = rs;
     rj["theta"] = mla.rope.theta;
-    std::string type = rs.value("rope_type", rs.value("type", std::string("yarn")));
+    std::string type = "yarn";
+    for (const char* key : {"type", "rope_type"}) {  // rope_type wins when both are given, as in HF
+      if (!rs.contains(key)) continue;
+      if (!rs[key].is_string()) return make_error(where + ".rope_scaling." + key + ": expected a string");
+      type = rs[key].get<std::string>();
+    }
     rj["type"] = type;
     HYLO_TRY(mla.rope, rope_from_json(rj, where + ".rope_scaling"));
   }
@@ -343,7 +376,11 @@ Result<ModelConfig> import_amd_hybrid_config(const json& backbone, const json& h
       l.gdn.head_v_dim = (*v)[0] / l.gdn.num_heads;
       auto conv = shape_of(prefix + "gdn.q_conv1d.weight");
       l.gdn.use_short_conv = conv.has_value();
-      if (conv) l.gdn.conv_size = conv->back();
+      if (conv) {
+        if (conv->empty())
+          return make_error(source + ": layer " + std::to_string(i) + " gdn.q_conv1d.weight has no dimensions");
+        l.gdn.conv_size = conv->back();
+      }
       l.gdn.use_gate = shape_of(prefix + "gdn.g_proj.weight").has_value();
       l.gdn.norm_eps = config.rms_norm_eps;
       continue;
@@ -357,6 +394,8 @@ Result<ModelConfig> import_amd_hybrid_config(const json& backbone, const json& h
     return make_error(source + ": layer " + std::to_string(i) +
                       " is not in mla_layers and has neither gdn.* nor mamba.* tensors");
   }
+  for (int64_t i = 0; i < config.num_layers(); ++i)
+    HYLO_CHECK_OK(validate_layer(config.layers[static_cast<size_t>(i)], where + " (layer " + std::to_string(i) + ")"));
   // AMD checkpoints store lm_head separately even where the backbone config ties embeddings.
   if (shape_of("lm_head.weight")) config.tie_word_embeddings = false;
   return config;

@@ -13,6 +13,9 @@ namespace hylo {
 
 enum class MixerKind { kGqa, kMla, kGdn, kMamba2 };
 
+// Plausibility bound for layer counts read from files, checked before anything is sized by them.
+inline constexpr int64_t kMaxLayers = 100000;
+
 // "gqa", "mla", "gdn", "mamba2"
 const char* mixer_kind_name(MixerKind kind);
 std::optional<MixerKind> parse_mixer_kind(const std::string& name);

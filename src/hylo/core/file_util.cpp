@@ -1,6 +1,7 @@
 #include "hylo/core/file_util.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <ftw.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -111,19 +112,17 @@ Status remove_tree(const fs::path& path) {
 
 Status commit_directory_atomic(const fs::path& staging_dir, const fs::path& final_dir) {
   std::error_code ec;
-  fs::path old;
-  if (fs::exists(final_dir, ec)) {
-    old = final_dir;
-    old += ".old-" + std::to_string(::getpid());
-    fs::rename(final_dir, old, ec);
-    if (ec) return make_error(final_dir.string() + ": cannot move previous directory aside: " + ec.message());
+  if (!fs::exists(final_dir, ec)) {
+    fs::rename(staging_dir, final_dir, ec);
+    if (ec) return make_error(final_dir.string() + ": cannot move staged directory into place: " + ec.message());
+    return {};
   }
-  fs::rename(staging_dir, final_dir, ec);
-  if (ec) {
-    if (!old.empty()) fs::rename(old, final_dir);
-    return make_error(final_dir.string() + ": cannot move staged directory into place: " + ec.message());
-  }
-  if (!old.empty()) (void)remove_tree(old);  // the new checkpoint is in place; a leftover old copy is harmless
+  // Swap the two directories in one step, so readers see the old checkpoint or the new one, never neither;
+  // the staging name then holds the old checkpoint, which is removed.
+  if (::renameat2(AT_FDCWD, staging_dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) != 0)
+    return make_error(final_dir.string() + ": cannot swap in the staged directory " + staging_dir.string() + ": " +
+                      errno_text());
+  (void)remove_tree(staging_dir);  // the new checkpoint is in place; a leftover old copy is harmless
   return {};
 }
 

@@ -47,8 +47,9 @@ Status write_file_atomic(const std::filesystem::path& path, std::string_view con
 // symbols, and its remove_all crashes (calls a null function) in binaries linked against it.
 Status remove_tree(const std::filesystem::path& path);
 
-// Replaces directory `final_dir` by `staging_dir` in one rename (the previous one, if any, is removed
-// afterwards), so readers see either the old checkpoint or the complete new one.
+// Replaces directory `final_dir` by `staging_dir` in one step (a rename, or an atomic exchange when `final_dir`
+// exists, after which the previous one is removed), so readers see either the old checkpoint or the complete new
+// one, never neither.
 Status commit_directory_atomic(const std::filesystem::path& staging_dir, const std::filesystem::path& final_dir);
 
 }  // namespace hylo

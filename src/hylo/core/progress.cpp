@@ -16,11 +16,12 @@ ProgressBar::~ProgressBar() { finish(); }
 void ProgressBar::advance(int64_t n) { set(done_ + n); }
 
 void ProgressBar::set(int64_t done) {
+  const int64_t before = done_;
   done_ = done;
   auto now = std::chrono::steady_clock::now();
-  // Non-terminals get a line per 10% so logs stay short.
+  // Non-terminals get a line per 10% crossed (by steps of any size) so logs stay short.
   if (tty_ ? now - last_draw_ >= std::chrono::milliseconds(100)
-           : (total_ > 0 && (done_ * 10 / total_) != ((done_ - 1) * 10 / total_))) {
+           : (total_ > 0 && (done_ * 10 / total_) != (before * 10 / total_))) {
     draw(false);
     last_draw_ = now;
   }

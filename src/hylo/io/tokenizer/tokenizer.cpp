@@ -322,7 +322,12 @@ bool Tokenizer::has_chat_template() const { return !impl_->chat_template.empty()
 Result<std::string> Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
   if (impl_->chat_template.empty()) return make_error(impl_->source + ": the tokenizer has no chat template");
   HYLO_TRY(auto info, detect_chat_template(impl_->chat_template, impl_->bos_token, impl_->eos_token));
-  return render_chat(info, messages, add_generation_prompt);
+  // Message text is user input: invalid UTF-8 is replaced (U+FFFD) here, as encode() does, before the
+  // renderers walk it by code point.
+  std::vector<ChatMessage> clean = messages;
+  for (auto& m : clean)
+    if (!utf8_valid(m.content)) m.content = utf8_lossy(m.content);
+  return render_chat(info, clean, add_generation_prompt);
 }
 
 // ---- StreamDecoder -------------------------------------------------------------------------------------------

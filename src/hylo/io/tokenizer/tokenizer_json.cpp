@@ -294,6 +294,10 @@ Status parse_bpe(const Ctx& c, const json& m, Bpe& bpe) {
     bpe.vocab[it.key()] = id;
     max_id = std::max<int64_t>(max_id, id);
   }
+  // Ids index a dense table: a sparse outlier id would make one tiny file allocate gigabytes.
+  if (max_id >= 2 * static_cast<int64_t>(v->size()) + 1024)
+    return c.err(where, "vocab ids reach " + std::to_string(max_id) + " for only " + std::to_string(v->size()) +
+                            " entries (ids must be dense)");
   bpe.id_to_token.assign(static_cast<std::size_t>(max_id + 1), std::string());
   for (const auto& [tok, id] : bpe.vocab) bpe.id_to_token[static_cast<std::size_t>(id)] = tok;
   HYLO_TRY(auto unk, opt_string(c, m, "unk_token", where));
