@@ -56,10 +56,33 @@ Status write_all(CausalLM& model, const fs::path& staging, const fs::path& token
   return copy_tokenizer(tokenizer_source, staging);
 }
 
+// The target is replaced as a whole, so only something that is safe to lose may be there: nothing, an empty
+// directory, or an earlier hylo checkpoint that is not the source of this one. Anything else (a teacher
+// directory, a GGUF file, a home directory given by mistake) is refused before any work.
+Status check_replaceable(const fs::path& dir, const fs::path& tokenizer_source) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return {};
+  const fs::path source = fs::absolute(tokenizer_source).lexically_normal();
+  const auto rel = source.lexically_relative(dir);
+  if (!rel.empty() && *rel.begin() != "..")
+    return make_error(dir.string() + ": refusing to replace it: it is or holds this checkpoint's source (" +
+                      source.string() + "); choose another --out");
+  if (!fs::is_directory(dir, ec)) return make_error(dir.string() + ": exists and is not a directory; refusing to replace it");
+  if (fs::is_empty(dir, ec)) return {};
+  auto text = read_text_file(dir / "config.json");
+  if (!text.ok() || text->find("\"hybrid\"") == std::string::npos)
+    return make_error(dir.string() + ": exists and is not a hylo checkpoint (no config.json with a 'hybrid' block); "
+                      "refusing to replace it");
+  return {};
+}
+
 }  // namespace
 
 Status save_checkpoint(CausalLM& model, const fs::path& dir_in, const fs::path& tokenizer_source) {
-  const fs::path dir = fs::absolute(dir_in).lexically_normal();
+  fs::path dir = fs::absolute(dir_in).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // "out/" names the directory "out"
+  if (dir == dir.root_path()) return make_error(dir_in.string() + ": cannot write a checkpoint over the root directory");
+  HYLO_CHECK_OK(check_replaceable(dir, tokenizer_source));
   std::error_code ec;
   if (dir.has_parent_path()) fs::create_directories(dir.parent_path(), ec);
   if (ec) return make_error(dir.parent_path().string() + ": cannot create: " + ec.message());

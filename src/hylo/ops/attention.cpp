@@ -55,6 +55,11 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   if (plain_causal)
     return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true, scale,
                                             /*enable_gqa=*/k.size(1) != q.size(1));
+  // One decode token that sees every cached key needs no mask; a mask would rule out the flash kernel.
+  const bool sees_all = t == 1 && q_offset + 1 == s && (!window || *window >= s);
+  if (sees_all)
+    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, 0.0, /*is_causal=*/false, scale,
+                                            /*enable_gqa=*/k.size(1) != q.size(1));
   at::Tensor mask = causal_mask(t, s, q_offset, window, q.device());  // [T, S] bool
   return at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, scale,
                                           /*enable_gqa=*/k.size(1) != q.size(1));
