@@ -10,7 +10,8 @@ if(NOT HYLO_PYTHON)
       set(HYLO_PYTHON python3)
     endif()
 endif()
-set(HYLO_PYTHON ${HYLO_PYTHON} CACHE FILEPATH "Python with torch and the test oracles")
+# STRING, not FILEPATH: CMake would turn a bare `-DHYLO_PYTHON=python3` into <source dir>/python3.
+set(HYLO_PYTHON ${HYLO_PYTHON} CACHE STRING "Python with torch and the test oracles")
 if(NOT Torch_DIR)
   execute_process(COMMAND ${HYLO_PYTHON} -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
                   OUTPUT_VARIABLE _torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _rc)
