@@ -2,13 +2,12 @@
 # CMAKE_PREFIX_PATH already point at one (the GPU machine's system torch). Exposes hylo_torch_deps.
 # HYLO_PYTHON is also the interpreter the oracle tests run under.
 if(NOT HYLO_PYTHON)
-    if(DEFINED ENV{HYLO_VENV} AND EXISTS "$ENV{HYLO_VENV}/bin/python")
-      set(HYLO_PYTHON "$ENV{HYLO_VENV}/bin/python")
-    elseif(EXISTS "$ENV{HOME}/.cache/hylo/venv-torch2.11/bin/python")
-      set(HYLO_PYTHON "$ENV{HOME}/.cache/hylo/venv-torch2.11/bin/python")
-    else()
-      set(HYLO_PYTHON python3)
-    endif()
+  # HYLO_VENV comes from scripts/env.sh (the one place that names the venv); the Makefile sources it.
+  if(DEFINED ENV{HYLO_VENV} AND EXISTS "$ENV{HYLO_VENV}/bin/python")
+    set(HYLO_PYTHON "$ENV{HYLO_VENV}/bin/python")
+  else()
+    set(HYLO_PYTHON python3)
+  endif()
 endif()
 # STRING, not FILEPATH: CMake would turn a bare `-DHYLO_PYTHON=python3` into <source dir>/python3.
 set(HYLO_PYTHON ${HYLO_PYTHON} CACHE STRING "Python with torch and the test oracles")
@@ -16,7 +15,8 @@ if(NOT Torch_DIR)
   execute_process(COMMAND ${HYLO_PYTHON} -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
                   OUTPUT_VARIABLE _torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _rc)
   if(NOT _rc EQUAL 0)
-    message(FATAL_ERROR "hylo: cannot locate libtorch with ${HYLO_PYTHON}; run scripts/setup.sh (make setup) first")
+    message(FATAL_ERROR "hylo: cannot locate libtorch with ${HYLO_PYTHON}; run `make setup`, then configure with "
+                        "scripts/env.sh sourced (the Makefile does both), or pass -DHYLO_PYTHON=<python with torch>")
   endif()
   list(APPEND CMAKE_PREFIX_PATH ${_torch_prefix})
 endif()
