@@ -508,13 +508,15 @@ Result<std::vector<int64_t>> plan_mla_layers(const ModelConfig& t, const LayerPl
       if (plan.every < 1) return make_error(src + ": mla_rule.every: must be >= 1, got " + s(plan.every));
       if (plan.offset < 0 || plan.offset >= L)
         return make_error(src + ": mla_rule.offset: " + s(plan.offset) + " out of range 0.." + s(L - 1));
-      for (int64_t i = plan.offset; i < L; i += plan.every) out.push_back(i);
+      // Step without overflow: a huge 'every' ends the loop instead of wrapping i past INT64_MAX.
+      for (int64_t i = plan.offset; i < L; i = (plan.every >= L - i) ? L : i + plan.every) out.push_back(i);
       break;
     }
     case MlaSelection::kKvBudget: {
       if (plan.budget_context < 1)
         return make_error(src + ": kv_budget.context: must be >= 1, got " + s(plan.budget_context));
-      if (!(plan.budget_bytes > 0)) return make_error(src + ": kv_budget.bytes: must be > 0");
+      if (!(plan.budget_bytes > 0) || !std::isfinite(plan.budget_bytes))
+        return make_error(src + ": kv_budget.bytes: must be a finite number > 0, got " + std::to_string(plan.budget_bytes));
       if (plan.budget_bytes_per_elem < 1)
         return make_error(src + ": kv_budget.bytes_per_elem: must be >= 1, got " + s(plan.budget_bytes_per_elem));
       const double per_elem = double(plan.budget_context) * double(plan.budget_bytes_per_elem);
@@ -528,12 +530,17 @@ Result<std::vector<int64_t>> plan_mla_layers(const ModelConfig& t, const LayerPl
         if (!plan.mla.kv_lora_rank)
           return make_error(src + ": kv_budget: without num_mla_layers the plan needs mla.kv_lora_rank (the latent "
                             "width decides how many MLA layers fit)");
-        const int64_t width = *plan.mla.kv_lora_rank + rope;
-        n = std::min<int64_t>(L, static_cast<int64_t>(std::floor(plan.budget_bytes / (per_elem * double(width)))));
+        if (*plan.mla.kv_lora_rank < 1)
+          return make_error(src + ": mla.kv_lora_rank: must be >= 1, got " + s(*plan.mla.kv_lora_rank));
+        if (rope < 0) return make_error(src + ": mla.qk_rope_head_dim: must be >= 0, got " + s(rope));
+        // In double: the width and the layer count come from the file and may be far outside int64 range; the
+        // quotient is clamped to [0, L] before the cast so no value of the plan makes the conversion undefined.
+        const double width = double(*plan.mla.kv_lora_rank) + double(rope);
+        const double fit = std::floor(plan.budget_bytes / (per_elem * width));
+        n = fit >= double(L) ? L : (fit >= 1.0 ? static_cast<int64_t>(fit) : 0);
         if (n < 1)
           return make_error(src + ": kv_budget: " + std::to_string(plan.budget_bytes) + " bytes hold no MLA layer at context " +
-                            s(plan.budget_context) + " (one layer needs " +
-                            std::to_string(static_cast<int64_t>(per_elem * double(width))) + " bytes)");
+                            s(plan.budget_context) + " (one layer needs " + std::to_string(per_elem * width) + " bytes)");
       }
       // Evenly spaced, centred in equal segments of the depth.
       for (int64_t i = 0; i < n; ++i) out.push_back(static_cast<int64_t>((double(i) + 0.5) * double(L) / double(n)));
@@ -561,8 +568,10 @@ Result<ModelConfig> apply_plan(const ModelConfig& teacher, const LayerPlan& plan
         return make_error(src + ": kv_budget.num_mla_layers fixes the latent rank; remove mla.kv_lora_rank / kv_energy");
       const double per_layer = plan.budget_bytes / (double(plan.budget_context) * double(plan.budget_bytes_per_elem) *
                                                     double(mla_layers.size()));
-      const int64_t r = (static_cast<int64_t>(std::floor(per_layer)) - mla.qk_rope_head_dim) / 8 * 8;
       const int64_t kv_max = std::min(2 * mla.num_kv_groups * g.head_dim, teacher.hidden_size);
+      // Clamp in double before the cast: a huge budget would overflow int64, and any rank above kv_max is cut anyway.
+      const double per_layer_cap = std::min(std::floor(per_layer), double(kv_max + mla.qk_rope_head_dim));
+      const int64_t r = (static_cast<int64_t>(per_layer_cap) - mla.qk_rope_head_dim) / 8 * 8;
       if (r < 8)
         return make_error(src + ": kv_budget: " + std::to_string(plan.budget_bytes) + " bytes leave a latent rank of " +
                           s(r) + " (< 8) for " + s(static_cast<int64_t>(mla_layers.size())) + " MLA layers");

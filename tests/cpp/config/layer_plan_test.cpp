@@ -182,6 +182,42 @@ TEST(LayerPlan, RulesSelectLayers) {
   EXPECT_LE(kv_bytes_per_token(*rank) * 32768, 26214400);
 }
 
+// Plan values at the edges of their types: no overflow, no undefined float->int conversion, a clear error or the
+// clamped result (UBSan in the sanitizer build catches a regression here).
+TEST(LayerPlan, ExtremeValuesAreClampedOrRejected) {
+  const std::string head = kSmolHead;
+  // A step larger than the depth selects only the offset; i + every would overflow int64.
+  auto huge_every = apply_text(head + "mla_rule: {every: 9223372036854775807, offset: 2}\nlinear: gdn\n" + kMla + kGdn);
+  ASSERT_TRUE(huge_every.ok()) << huge_every.error();
+  std::vector<int> got;
+  for (int i = 0; i < 30; ++i)
+    if (huge_every->layers[i].mixer == MixerKind::kMla) got.push_back(i);
+  EXPECT_EQ(got, (std::vector<int>{2}));
+
+  // A budget whose layer count is far past int64 range: every layer fits, n is clamped to the depth.
+  auto huge_bytes = apply_text(head + "kv_budget: {context: 1, bytes: 1.0e300}\nlinear: gdn\n" + kMla + kGdn);
+  ASSERT_TRUE(huge_bytes.ok()) << huge_bytes.error();
+  for (const auto& l : huge_bytes->layers) EXPECT_EQ(l.mixer, MixerKind::kMla);
+
+  // The same with a fixed count: the rank is clamped to the largest one the teacher allows (2 * 3 * 64 = 384).
+  auto huge_rank = apply_text(head + "kv_budget: {context: 1, bytes: 1.0e300, num_mla_layers: 4}\nlinear: mamba2\n"
+                                     "mla: {qk_rope_head_dim: 32, num_kv_groups: 3}\n");
+  ASSERT_TRUE(huge_rank.ok()) << huge_rank.error();
+  for (const auto& l : huge_rank->layers)
+    if (l.mixer == MixerKind::kMla) EXPECT_EQ(l.mla.kv_lora_rank, 384);
+
+  auto err = [&](const std::string& body) {
+    auto r = apply_text(head + body);
+    return r.ok() ? std::string("(no error)") : r.error();
+  };
+  // kv_lora_rank 0 with rope 0 would make the latent width 0 and the quotient infinite.
+  std::string e = err("kv_budget: {context: 32768, bytes: 26214400}\nlinear: gdn\n"
+                      "mla: {kv_lora_rank: 0, qk_nope_head_dim: 64, qk_rope_head_dim: 0, num_kv_groups: 3}\n" + kGdn);
+  EXPECT_NE(e.find("mla.kv_lora_rank: must be >= 1, got 0"), std::string::npos) << e;
+  e = err("kv_budget: {context: 32768, bytes: .inf}\nlinear: gdn\n" + kMla + kGdn);
+  EXPECT_NE(e.find("kv_budget.bytes: must be a finite number > 0"), std::string::npos) << e;
+}
+
 TEST(LayerPlan, Stage1PlansArePureModels) {
   auto plan = load_layer_plan(plans_dir() / "smollm2-135m-6mla24gdn.yaml");
   ASSERT_TRUE(plan.ok()) << plan.error();
