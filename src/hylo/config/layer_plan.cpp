@@ -319,8 +319,8 @@ LayerPlan stage1_plan(const LayerPlan& plan, bool pure_linear) {
     p.every = 1;
     p.offset = 0;
   }
-  // A budget may have fixed the rank; keep the rank it implied by turning the budget into explicit dims is the
-  // caller's job (the upcycler passes the applied config); here a budget plan keeps its MLA dims as written.
+  // A kv_budget plan may have derived its rank from the budget; this function does not turn that derived rank into
+  // explicit dims (the upcycler passes the applied config for that), so the MLA dims stay as the plan wrote them.
   return p;
 }
 
@@ -428,7 +428,6 @@ Result<GdnSpec> resolve_gdn(const LayerPlan& plan) {
 
 Result<Mamba2Spec> resolve_mamba2(const ModelConfig& t, const GqaSpec& g, const LayerPlan& plan) {
   const std::string& src = plan.source;
-  (void)t;
   Mamba2Spec m;
   // Zebra's construction (HYLO.md 2.4): nheads = ngroups = H, headdim = d_state = teacher head_dim.
   m.n_heads = plan.mamba2.n_heads.value_or(g.num_heads);

@@ -34,7 +34,7 @@ namespace hylo {
 enum class MlaSelection { kExplicit, kEvery, kKvBudget };
 
 struct MlaPlan {
-  std::optional<int64_t> q_lora_rank;       // default: teacher's min(H*Dh, D) (no compression); 0 = q_proj
+  std::optional<int64_t> q_lora_rank;       // default 0: no query compression (a full q_proj); > 0: low-rank q
   std::optional<int64_t> kv_lora_rank;
   std::optional<double> kv_energy;          // X-EcoMLA dynamic rank: smallest r with energy >= this, up to x8
   std::optional<int64_t> qk_nope_head_dim;  // default: teacher head_dim - rope

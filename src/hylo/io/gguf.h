@@ -1,7 +1,7 @@
 // GGUF v2/v3 reading: metadata key/values, tensor infos, and dequantization to f32 of F32, F16, BF16,
-// Q8_0, Q4_0, Q4_1, Q4_K and Q6_K (ggml block layouts). Validated like safetensors: magic and version, string
-// and array lengths within the file, known value and tensor types, dims product x type size == span,
-// alignment, spans inside the file and non-overlapping, duplicate names and keys.
+// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and Q8_K (ggml block layouts). Validated like
+// safetensors: magic and version, string and array lengths within the file, known value and tensor types, dims
+// product x type size == span, alignment, spans inside the file and non-overlapping, duplicate names and keys.
 #pragma once
 
 #include <cstdint>

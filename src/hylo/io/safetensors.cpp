@@ -63,9 +63,6 @@ Result<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
     return make_error(where + ": not a safetensors file: " + std::to_string(file_size) +
                       " bytes, shorter than the 8-byte header length");
   const uint64_t header_len = read_u64_le(bytes.data());
-  if (header_len >= (1ull << 63))
-    return make_error(where + ": header length " + std::to_string(header_len) +
-                      " is negative as a signed 64-bit value (corrupt or not a safetensors file)");
   if (header_len > kMaxHeaderBytes)
     return make_error(where + ": header length " + std::to_string(header_len) + " exceeds the maximum of " +
                       std::to_string(kMaxHeaderBytes) + " bytes");

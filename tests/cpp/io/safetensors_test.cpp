@@ -148,8 +148,9 @@ TEST(Safetensors, HeaderLengthBounds) {
     b.insert(b.end(), h.begin(), h.end());
     return b;
   };
-  expect_error(p, with_len(~0ull), {"negative"});
-  expect_error(p, with_len(1ull << 63), {"negative"});
+  // Lengths that are negative as int64 (what the reference implementation reads) fall under the same cap.
+  expect_error(p, with_len(~0ull), {"header length 18446744073709551615", "maximum"});
+  expect_error(p, with_len(1ull << 63), {"header length 9223372036854775808", "maximum"});
   expect_error(p, with_len(200ull * 1000 * 1000), {"maximum"});
   expect_error(p, with_len(9), {"past the end"});
   expect_error(p, Bytes{1, 2, 3}, {"shorter"});

@@ -17,7 +17,7 @@ enum class ChatFamily {
   kQwen3,          // ChatML with <think> handling
   kLlama3,         // Llama-3 / 3.1 / 3.2 header ids, optional knowledge-date system block
   kLlama2,         // [INST] ... [/INST] with <<SYS>>
-  kMistral,        // [INST] ... [/INST], system prepended to the last user message
+  kMistral,        // [INST] ... [/INST]; a system message is rejected
 };
 
 struct ChatTemplateInfo {

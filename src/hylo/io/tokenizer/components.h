@@ -37,7 +37,7 @@ enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWith
 
 // What a Split finds: a regex, a literal string, or one character class tested per code point.
 struct Pattern {
-  enum class Kind { kRegex, kString, kNumericChar, kChar, kWhiteSpaceChar };
+  enum class Kind { kRegex, kString, kChar, kWhiteSpaceChar };
   Kind kind = Kind::kString;
   std::shared_ptr<const Regex> regex;
   std::string literal;

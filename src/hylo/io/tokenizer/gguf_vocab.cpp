@@ -3,7 +3,6 @@
 // plain added tokens, as transformers' GGUF converter does; `tokenizer.ggml.pre` picks the pre-tokenizer the
 // vocabulary was trained with (as llama.cpp does). "llama" (SentencePiece) vocabularies are rejected with
 // a clear error: hylo reads Llama-2/Mistral tokenizers from their tokenizer.json.
-#include <set>
 
 #include "hylo/io/gguf.h"
 #include "hylo/io/tokenizer/tokenizer_impl.h"
@@ -117,8 +116,8 @@ Result<std::unique_ptr<TokenizerImpl>> load_gguf_vocab(const std::filesystem::pa
 
   std::vector<AddedToken> special, user;
   for (std::size_t i = 0; i < types.size(); ++i) {
-    if (types[i] == 3) special.push_back(AddedToken{tokens[i], -1, true, false, false, false, false});
-    if (types[i] == 4) user.push_back(AddedToken{tokens[i], -1, false, false, false, false, false});
+    if (types[i] == 3) special.push_back(AddedToken{tokens[i], -1, true, false, false, false, false, {}});
+    if (types[i] == 4) user.push_back(AddedToken{tokens[i], -1, false, false, false, false, false, {}});
   }
   impl->add_tokens(special);
   impl->add_tokens(user);

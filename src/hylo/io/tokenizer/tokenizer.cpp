@@ -253,10 +253,6 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
-namespace {
-Result<std::string> read_text(const std::filesystem::path& p) { return read_text_file(p); }
-}  // namespace
-
 Result<Tokenizer> Tokenizer::from_path(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
@@ -266,11 +262,11 @@ Result<Tokenizer> Tokenizer::from_path(const std::filesystem::path& path) {
       if (std::filesystem::exists(path / "tokenizer.gguf", ec)) return from_path(path / "tokenizer.gguf");
       return make_error(path.string() + ": directory has no tokenizer.json (nor tokenizer.gguf)");
     }
-    HYLO_TRY(auto json_text, read_text(json_path));
+    HYLO_TRY(auto json_text, read_text_file(json_path));
     std::string config_text;
     const auto config_path = path / "tokenizer_config.json";
     if (std::filesystem::exists(config_path, ec)) {
-      HYLO_TRY(auto c, read_text(config_path));
+      HYLO_TRY(auto c, read_text_file(config_path));
       config_text = std::move(c);
     }
     HYLO_TRY(auto impl, load_tokenizer_json(json_text, config_text, json_path.string()));
@@ -281,11 +277,11 @@ Result<Tokenizer> Tokenizer::from_path(const std::filesystem::path& path) {
     HYLO_TRY(auto impl, load_gguf_vocab(path));
     return Tokenizer(std::move(impl));
   }
-  HYLO_TRY(auto json_text, read_text(path));
+  HYLO_TRY(auto json_text, read_text_file(path));
   std::string config_text;
   const auto config_path = path.parent_path() / "tokenizer_config.json";
   if (path.filename() == "tokenizer.json" && std::filesystem::exists(config_path, ec)) {
-    HYLO_TRY(auto c, read_text(config_path));
+    HYLO_TRY(auto c, read_text_file(config_path));
     config_text = std::move(c);
   }
   HYLO_TRY(auto impl, load_tokenizer_json(json_text, config_text, path.string()));

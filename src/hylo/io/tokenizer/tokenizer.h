@@ -71,7 +71,6 @@ class StreamDecoder {
   const Tokenizer& tok_;
   bool skip_special_;
   std::vector<int32_t> ids_;
-  std::size_t emitted_bytes_ = 0;  // unused; kept for layout compatibility of earlier builds
   // Window of ids decoded on each push (as tokenizers' DecodeStream): ids_[prefix_index_, read_index_) have
   // been emitted and decode to prefix_; new text is decode(ids_[prefix_index_..]) minus prefix_.
   std::size_t prefix_index_ = 0, read_index_ = 0;
