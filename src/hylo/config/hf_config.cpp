@@ -1,9 +1,10 @@
 #include "hylo/config/hf_config.h"
 
 #include <cmath>
-#include <fstream>
 #include <optional>
-#include <sstream>
+
+#include "hylo/core/file_util.h"
+#include "hylo/io/json_strict.h"
 
 namespace hylo {
 namespace {
@@ -349,12 +350,8 @@ Result<ModelConfig> model_config_from_hf_json(const nlohmann::json& j, const std
 
 Result<ModelConfig> load_hf_config(const std::filesystem::path& dir) {
   const std::filesystem::path path = dir / "config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(path.string() + ": cannot open (an HF model directory needs a config.json)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return make_error(path.string() + ": not valid JSON");
+  HYLO_TRY(std::string text, read_text_file(path));
+  HYLO_TRY(json j, io::parse_json_strict(text, path.string()));
   return model_config_from_hf_json(j, path.string());
 }
 

@@ -4,6 +4,7 @@
 
 #include "hylo/config/hf_config.h"
 #include "hylo/core/file_util.h"
+#include "hylo/io/json_strict.h"
 
 namespace hylo {
 using nlohmann::json;
@@ -404,8 +405,7 @@ Result<ModelConfig> import_amd_hybrid_config(const json& backbone, const json& h
 Result<ModelConfig> load_model_dir_config(const std::filesystem::path& dir, const TensorShapeLookup& shape_of) {
   const auto config_path = dir / "config.json";
   HYLO_TRY(std::string text, read_text_file(config_path));
-  json cfg = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (cfg.is_discarded()) return make_error(config_path.string() + ": not valid JSON");
+  HYLO_TRY(json cfg, io::parse_json_strict(text, config_path.string()));
   if (cfg.contains("hybrid")) {
     HYLO_TRY(ModelConfig config, model_config_from_hf_json(cfg, config_path.string()));
     HYLO_CHECK_OK(apply_hybrid_block(cfg["hybrid"], config, config_path.string()));
@@ -415,8 +415,7 @@ Result<ModelConfig> load_model_dir_config(const std::filesystem::path& dir, cons
   std::error_code ec;
   if (std::filesystem::exists(hybrid_path, ec)) {
     HYLO_TRY(std::string htext, read_text_file(hybrid_path));
-    json hyb = json::parse(htext, nullptr, false);
-    if (hyb.is_discarded()) return make_error(hybrid_path.string() + ": not valid JSON");
+    HYLO_TRY(json hyb, io::parse_json_strict(htext, hybrid_path.string()));
     return import_amd_hybrid_config(cfg, hyb, shape_of, dir.string());
   }
   return model_config_from_hf_json(cfg, config_path.string());

@@ -1,6 +1,10 @@
 // HF config.json import: the four supported families with their defaults, both RoPE spellings, and clear
 // errors for what is not supported.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -202,6 +206,27 @@ TEST(HfConfig, LoadHfConfigNamesMissingFile) {
   auto r = load_hf_config("/nonexistent/dir");
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().find("/nonexistent/dir/config.json"), std::string::npos) << r.error();
+}
+
+// config.json is parsed strictly: a duplicate key (which nlohmann alone resolves silently to the last value) and
+// a syntax error (with its position) are errors that name the file.
+TEST(HfConfig, LoadHfConfigIsStrictJson) {
+  const auto dir = std::filesystem::temp_directory_path() / ("hylo_hf_strict_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto write = [&](const std::string& text) {
+    std::ofstream(dir / "config.json", std::ios::binary | std::ios::trunc) << text;
+  };
+  write("{\"model_type\": \"llama\", \"hidden_size\": 64, \"hidden_size\": 128}");
+  auto dup = load_hf_config(dir);
+  ASSERT_FALSE(dup.ok());
+  EXPECT_NE(dup.error().find((dir / "config.json").string()), std::string::npos) << dup.error();
+  EXPECT_NE(dup.error().find("duplicate key \"hidden_size\""), std::string::npos) << dup.error();
+  write("{\"model_type\": \"llama\",\n \"hidden_size\": }");
+  auto bad = load_hf_config(dir);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().find("invalid JSON"), std::string::npos) << bad.error();
+  EXPECT_NE(bad.error().find("line 2"), std::string::npos) << bad.error();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

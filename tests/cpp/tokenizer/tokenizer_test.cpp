@@ -199,7 +199,11 @@ TEST(Errors, BrokenJsonNamesTheProblem) {
   EXPECT_NE(r.error().find("WordPiece"), std::string::npos);
   auto r2 = Tokenizer::from_json_string("{\"model\": ");
   ASSERT_FALSE(r2.ok());
-  EXPECT_NE(r2.error().find("not valid JSON"), std::string::npos);
+  EXPECT_NE(r2.error().find("invalid JSON"), std::string::npos) << r2.error();
+  // Duplicate keys are an error (nlohmann alone would keep the last one silently).
+  auto r4 = Tokenizer::from_json_string("{\"model\": {}, \"model\": {}}");
+  ASSERT_FALSE(r4.ok());
+  EXPECT_NE(r4.error().find("duplicate"), std::string::npos) << r4.error();
   auto r3 = Tokenizer::from_path("/nonexistent/tokenizer.json");
   ASSERT_FALSE(r3.ok());
   EXPECT_NE(r3.error().find("/nonexistent/tokenizer.json"), std::string::npos);

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "hylo/io/json_strict.h"
 #include "hylo/io/tokenizer/tokenizer_impl.h"
 
 namespace hylo::tok {
@@ -352,8 +353,7 @@ Status parse_bpe(const Ctx& c, const json& m, Bpe& bpe) {
 Result<std::unique_ptr<TokenizerImpl>> load_tokenizer_json(const std::string& json_text, const std::string& config_text,
                                                            const std::string& what) {
   Ctx c{what};
-  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return make_error(what + ": not valid JSON (truncated or malformed)");
+  HYLO_TRY(json j, io::parse_json_strict(json_text, what));
   if (!j.is_object()) return make_error(what + ": expected a JSON object at the top level");
   auto impl = std::make_unique<TokenizerImpl>();
   impl->source = what;
@@ -401,8 +401,7 @@ Result<std::unique_ptr<TokenizerImpl>> load_tokenizer_json(const std::string& js
     if (!impl->post.prefix.empty()) impl->bos = impl->post.prefix.front();
     if (!config_text.empty()) {
       const std::string cw = (std::filesystem::path(what).parent_path() / "tokenizer_config.json").string();
-      json cfg = json::parse(config_text, nullptr, false);
-      if (cfg.is_discarded()) return make_error(cw + ": not valid JSON (truncated or malformed)");
+      HYLO_TRY(json cfg, io::parse_json_strict(config_text, cw));
       HYLO_CHECK_OK(impl->apply_config(cfg, cw));
     }
   } catch (const std::exception& e) {
