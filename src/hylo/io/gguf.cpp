@@ -8,6 +8,8 @@
 // costs nothing; every tensor span is checked against the file before dequantization reads it.
 #include "hylo/io/gguf.h"
 
+#include "hylo/io/span_check.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -22,10 +24,7 @@ constexpr uint64_t kDefaultAlignment = 32;
 constexpr int kMaxArrayNesting = 8;         // real files nest at most 1 level; bounds recursion
 constexpr uint32_t kMaxDims = 4;            // GGML_MAX_DIMS
 
-enum ValueType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
-};
+using namespace gguf_value;
 
 const char* value_type_name(uint32_t t) {
   static const char* names[] = {"UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "FLOAT32",
@@ -177,12 +176,6 @@ Result<GgufValue> read_value(Cursor& c, uint32_t type, const std::string& what, 
   return read_scalar(c, type, what);
 }
 
-std::string dims_text(const std::vector<int64_t>& dims) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
-}
-
 }  // namespace
 
 const char* ggml_type_name(GgmlType type) {
@@ -190,11 +183,7 @@ const char* ggml_type_name(GgmlType type) {
   return tr != nullptr ? tr->name : "UNKNOWN";
 }
 
-int64_t GgufTensorInfo::numel() const {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
-}
+int64_t GgufTensorInfo::numel() const { return shape_numel(dims); }
 
 std::vector<int64_t> GgufTensorInfo::shape() const { return {dims.rbegin(), dims.rend()}; }
 
@@ -277,7 +266,7 @@ Result<GgufFile> GgufFile::open(const fs::path& path) {
       return make_error(tw + ": row length " + std::to_string(info.dims[0]) + " is not a multiple of the " +
                         tr->name + " block size " + std::to_string(tr->block));
     if (numel / static_cast<uint64_t>(tr->block) > std::numeric_limits<uint64_t>::max() / tr->bytes)
-      return make_error(tw + ": byte size of " + dims_text(info.dims) + " " + tr->name + " overflows 64 bits");
+      return make_error(tw + ": byte size of " + shape_text(info.dims) + " " + tr->name + " overflows 64 bits");
     info.nbytes = numel / static_cast<uint64_t>(tr->block) * tr->bytes;
     HYLO_TRY(uint64_t offset, c.read<uint64_t>(what + " offset"));
     if (offset % alignment != 0)
@@ -296,24 +285,14 @@ Result<GgufFile> GgufFile::open(const fs::path& path) {
   const uint64_t data_size = f.data_start_ <= file_size ? file_size - f.data_start_ : 0;
   for (const auto& t : f.tensors_) {
     if (f.data_start_ > file_size || t.offset > data_size || t.nbytes > data_size - t.offset)
-      return make_error(where + ": tensor \"" + t.name + "\" (" + ggml_type_name(t.type) + " " + dims_text(t.dims) +
+      return make_error(where + ": tensor \"" + t.name + "\" (" + ggml_type_name(t.type) + " " + shape_text(t.dims) +
                         ", " + std::to_string(t.nbytes) + " bytes at data offset " + std::to_string(t.offset) +
                         ") runs past the end of the file (data section holds " + std::to_string(data_size) +
                         " bytes; truncated?)");
   }
-  std::vector<const GgufTensorInfo*> by_offset;
-  for (const auto& t : f.tensors_) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const GgufTensorInfo* a, const GgufTensorInfo* b) { return a->offset < b->offset; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i) {
-    const GgufTensorInfo* a = by_offset[i - 1];
-    const GgufTensorInfo* b = by_offset[i];
-    if (b->offset < a->offset + a->nbytes)
-      return make_error(where + ": tensors \"" + a->name + "\" [" + std::to_string(a->offset) + ", " +
-                        std::to_string(a->offset + a->nbytes) + ") and \"" + b->name + "\" [" +
-                        std::to_string(b->offset) + ", " + std::to_string(b->offset + b->nbytes) +
-                        ") overlap in the data section");
-  }
+  std::vector<NamedSpan> spans;
+  for (const auto& t : f.tensors_) spans.push_back({&t.name, t.offset, t.nbytes});
+  HYLO_CHECK_OK(check_spans_disjoint(std::move(spans), where, " in the data section"));
   return f;
 }
 
@@ -426,7 +405,6 @@ Result<std::vector<int64_t>> GgufFile::get_int_array(const std::string& key) con
   return out;
 }
 
-// Block geometry for dequantize_ggml (defined in gguf_dequant.cpp).
 Result<std::pair<int64_t, uint64_t>> ggml_block_geometry(GgmlType type) {
   const TypeTraits* tr = traits(static_cast<uint32_t>(type));
   if (tr == nullptr) return make_error("unsupported ggml type " + std::to_string(static_cast<uint32_t>(type)));

@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -23,6 +24,15 @@ enum class GgmlType : uint32_t {
   kQ2_K = 10, kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kQ8_K = 15, kBF16 = 30,
 };
 const char* ggml_type_name(GgmlType type);
+
+// GGUF metadata value type ids as stored in the file (gguf spec); a namespace so the short names stay out of
+// hylo::io unless a file asks for them.
+namespace gguf_value {
+enum : uint32_t {
+  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
+  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+};
+}  // namespace gguf_value
 
 // A metadata value: scalars, a string, or an array of one of those.
 struct GgufValue;
@@ -74,6 +84,9 @@ class GgufFile {
   std::vector<GgufTensorInfo> tensors_;
   std::map<std::string, std::size_t> index_;
 };
+
+// (elements per block, bytes per block) of a ggml type; an error for a type this reader does not know.
+Result<std::pair<int64_t, uint64_t>> ggml_block_geometry(GgmlType type);
 
 // Dequantizes `n` values of a ggml type from `src` into `dst` (n must be a multiple of the block size).
 Status dequantize_ggml(GgmlType type, std::span<const std::byte> src, float* dst, int64_t n);

@@ -15,8 +15,6 @@
 
 namespace hylo::io {
 
-Result<std::pair<int64_t, uint64_t>> ggml_block_geometry(GgmlType type);  // gguf.cpp
-
 namespace {
 
 constexpr int kQK = 256;  // super-block size of the K-quants

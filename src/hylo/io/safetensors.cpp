@@ -3,6 +3,8 @@
 // untrusted file is checked before any byte of tensor data is handed out.
 #include "hylo/io/safetensors.h"
 
+#include "hylo/io/span_check.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -38,19 +40,9 @@ bool as_nonneg_int(const json& v, uint64_t* out) {
   return false;
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 }  // namespace
 
-int64_t TensorInfo::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
+int64_t TensorInfo::numel() const { return shape_numel(shape); }
 
 const fs::path& SafetensorsFile::path() const { return file_->path(); }
 
@@ -144,19 +136,9 @@ Result<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   }
 
   // Non-empty spans must not share bytes (a file may leave gaps; the reference writer does not).
-  std::vector<const TensorInfo*> by_offset;
-  for (const auto& t : f.tensors_)
-    if (t.nbytes > 0) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorInfo* a, const TensorInfo* b) { return a->offset < b->offset; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i) {
-    const TensorInfo* a = by_offset[i - 1];
-    const TensorInfo* b = by_offset[i];
-    if (b->offset < a->offset + a->nbytes)
-      return make_error(where + ": tensors \"" + a->name + "\" [" + std::to_string(a->offset) + ", " +
-                        std::to_string(a->offset + a->nbytes) + ") and \"" + b->name + "\" [" +
-                        std::to_string(b->offset) + ", " + std::to_string(b->offset + b->nbytes) + ") overlap");
-  }
+  std::vector<NamedSpan> spans;
+  for (const auto& t : f.tensors_) spans.push_back({&t.name, t.offset, t.nbytes});
+  HYLO_CHECK_OK(check_spans_disjoint(std::move(spans), where));
   for (std::size_t i = 0; i < f.tensors_.size(); ++i) f.index_[f.tensors_[i].name] = i;
   return f;
 }
