@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "hylo/core/file_util.h"
 #include "hylo/io/tokenizer/components.h"
@@ -19,6 +20,20 @@ TEST(Utf8Lossy, ValidTextUnchanged) {
   const std::string s = "abc \xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80";
   EXPECT_TRUE(utf8_valid(s));
   EXPECT_EQ(utf8_lossy(s), s);
+}
+
+// utf8_prev steps back over whole code points of 1..4 bytes (the inverse of utf8_next) and stops at lo.
+TEST(Utf8Prev, StepsBackOneCodePoint) {
+  const std::string s = "a\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80";  // a, e-acute, euro, grinning face
+  std::vector<std::size_t> starts;
+  for (std::size_t i = s.size(); i > 0; i = utf8_prev(s, i)) starts.push_back(utf8_prev(s, i));
+  EXPECT_EQ(starts, (std::vector<std::size_t>{6, 3, 1, 0}));
+  for (std::size_t k = 0; k + 1 < starts.size(); ++k) {
+    std::size_t i = starts[k + 1];
+    utf8_next(s, i);
+    EXPECT_EQ(i, starts[k]);  // utf8_next from the previous start lands on this one
+  }
+  EXPECT_EQ(utf8_prev(s, s.size(), 8), 8u);  // never below lo, even mid-sequence
 }
 
 TEST(Utf8Lossy, MaximalSubpartsBecomeOneReplacementEach) {

@@ -26,8 +26,7 @@ std::string strip_ws(const std::string& s, bool left = true, bool right = true) 
   }
   if (right) {
     while (e > b) {
-      std::size_t st = e - 1;
-      while (st > b && (static_cast<unsigned char>(s[st]) & 0xC0) == 0x80) --st;
+      const std::size_t st = utf8_prev(s, e, b);
       std::size_t i = st;
       if (!py_space(utf8_next(s, i))) break;
       e = st;

@@ -145,8 +145,7 @@ struct StripNormalizer final : Normalizer {
     }
     if (right) {
       while (e > b) {
-        std::size_t s = e - 1;
-        while (s > b && (static_cast<unsigned char>(text[s]) & 0xC0) == 0x80) --s;
+        const std::size_t s = utf8_prev(text, e, b);
         std::size_t i = s;
         if (!is_white_space(utf8_next(text, i))) break;
         e = s;

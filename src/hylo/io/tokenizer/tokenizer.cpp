@@ -66,8 +66,7 @@ bool is_word_char(uint32_t cp) {
   return cp >= 0xC0 && !is_white_space(cp);
 }
 uint32_t last_cp(std::string_view s) {
-  std::size_t b = s.size() - 1;
-  while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+  std::size_t b = utf8_prev(s, s.size());
   return utf8_next(s, b);
 }
 }  // namespace
@@ -95,8 +94,7 @@ void TokenizerImpl::split_added(const Piece& piece, const TokenMatcher& matcher,
     if (tok.lstrip) {
       std::size_t ns = s;
       while (ns > 0) {
-        std::size_t b = ns - 1;
-        while (b > 0 && (static_cast<unsigned char>(text[b]) & 0xC0) == 0x80) --b;
+        const std::size_t b = utf8_prev(text, ns);
         std::size_t k = b;
         if (!is_white_space(utf8_next(text, k))) break;
         ns = b;

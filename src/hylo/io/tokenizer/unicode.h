@@ -35,6 +35,14 @@ inline uint32_t utf8_next(std::string_view s, std::size_t& i) {
   i += 4;
   return cp;
 }
+// Start of the code point that ends just before byte i (i > lo), stepping back over continuation bytes but never
+// below lo; the inverse of utf8_next on valid UTF-8.
+inline std::size_t utf8_prev(std::string_view s, std::size_t i, std::size_t lo = 0) {
+  std::size_t b = i - 1;
+  while (b > lo && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+  return b;
+}
+
 // Length in bytes of the UTF-8 sequence whose lead byte is b (valid UTF-8 assumed).
 inline std::size_t utf8_len(unsigned char b) { return b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4; }
 void utf8_append(std::string& out, uint32_t cp);
