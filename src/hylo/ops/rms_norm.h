@@ -1,5 +1,5 @@
 // RMSNorm as Hugging Face computes it (LlamaRMSNorm and friends): the mean of squares and the rsqrt are taken
-// in fp32 whatever the input dtype, the normalised value is cast back to the input dtype, then scaled by the
+// in fp32 (fp64 for an fp64 input), the normalised value is cast back to the input dtype, then scaled by the
 // weight. Matching this order is what makes bf16 outputs agree with transformers bit for bit where possible.
 #pragma once
 

@@ -4,6 +4,7 @@
 
 #include "hylo/core/result.h"
 #include "hylo/ops/mla.h"
+#include "hylo/ops/rms_norm.h"
 
 namespace hylo {
 namespace {
@@ -11,14 +12,6 @@ namespace {
 // DeepSeek builds q_a_layernorm / kv_a_layernorm with the RMSNorm's default eps, not config.rms_norm_eps
 // (DeepseekV3RMSNorm(q_lora_rank) in both DeepSeek's and transformers' code).
 constexpr double kLatentNormEps = 1e-6;
-
-// RMSNorm of a latent, as HF computes it but in max(fp32, x.dtype) so that fp64 gradient checks stay fp64.
-at::Tensor latent_rms_norm(const at::Tensor& x, const at::Tensor& weight) {
-  at::ScalarType acc = at::promote_types(at::kFloat, x.scalar_type());
-  at::Tensor xa = x.to(acc);                                                      // [..., Rq] or [..., Rkv]
-  at::Tensor normed = xa * at::rsqrt(xa.pow(2).mean(-1, /*keepdim=*/true) + kLatentNormEps);
-  return weight * normed.to(x.scalar_type());                                      // [..., Rq] or [..., Rkv]
-}
 
 void check_spec(const MlaSpec& s, int64_t hidden) {
   auto fail = [](const std::string& what) { throw Error("mla mixer: " + what); };
@@ -117,7 +110,7 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
     q = linear(x, q_proj_w_, q_proj_b_);
   } else {
     at::Tensor c_q = linear(x, q_a_w_, q_a_b_);                                    // [B, T, Rq]
-    if (q_a_norm_w_.defined()) c_q = latent_rms_norm(c_q, q_a_norm_w_);
+    if (q_a_norm_w_.defined()) c_q = ops::rms_norm(c_q, q_a_norm_w_, kLatentNormEps);
     q = at::linear(c_q, q_b_w_);
   }
   q = q.reshape({b, t, h, p + r});                                                 // [B, T, H, Dn+Dr]
@@ -127,7 +120,7 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
   // Latent and the shared rope key of the new tokens.
   at::Tensor ckv = linear(x, kv_a_w_, kv_a_b_);                                    // [B, T, Rkv+Dr]
   at::Tensor c_kv = ckv.narrow(2, 0, c);                                           // [B, T, Rkv]
-  if (kv_a_norm_w_.defined()) c_kv = latent_rms_norm(c_kv, kv_a_norm_w_);
+  if (kv_a_norm_w_.defined()) c_kv = ops::rms_norm(c_kv, kv_a_norm_w_, kLatentNormEps);
   at::Tensor k_pe = ckv.narrow(2, c, r).unsqueeze(2);                              // [B, T, 1, Dr]
 
   ops::RotaryTables tables = ops::mla_rope_tables(s.rope, r, positions, x.scalar_type(), x.device());
