@@ -7,15 +7,6 @@
 
 namespace hylo {
 
-namespace {
-
-// bf16/fp16 accumulate in fp32; fp32 and fp64 keep their own precision.
-at::ScalarType compute_type(at::ScalarType t) {
-  return (t == at::kDouble) ? at::kDouble : at::kFloat;
-}
-
-}  // namespace
-
 std::pair<at::Tensor, at::Tensor> causal_conv1d(const at::Tensor& x, const at::Tensor& weight,
                                                 const at::Tensor& bias, const at::Tensor& conv_state, bool silu) {
   if (x.dim() != 3) throw Error("causal_conv1d: x must be [B, T, C], got " + shape_str(x));

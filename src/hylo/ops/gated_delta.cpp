@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo {
 
@@ -39,7 +40,7 @@ HeadMajor prepare(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   if (initial_state.defined() && !initial_state.sizes().equals(sshape))
     throw Error(who + "initial_state must be [B, H, Dv, Dk] = " + c10::str(sshape) + ", got " + dims(initial_state));
 
-  in.ct = v.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  in.ct = compute_type(v.scalar_type());
   in.q = q.to(in.ct).transpose(1, 2);
   in.k = k.to(in.ct).transpose(1, 2);
   in.v = v.to(in.ct).transpose(1, 2);

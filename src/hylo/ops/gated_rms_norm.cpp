@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo {
 
@@ -23,7 +24,7 @@ at::Tensor gated_rms_norm(const at::Tensor& x, const at::Tensor& gate, const at:
     throw Error("gated_rms_norm: weight must be [" + std::to_string(G) + "] or [" + std::to_string(N) + "], got " +
                 c10::str(weight.sizes()));
 
-  const at::ScalarType ct = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType ct = compute_type(x.scalar_type());
   std::vector<int64_t> grouped(x.sizes().begin(), x.sizes().end() - 1);
   grouped.push_back(N / G);
   grouped.push_back(G);

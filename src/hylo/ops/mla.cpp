@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo::ops {
 namespace {
@@ -63,7 +64,7 @@ at::Tensor causal_softmax(const at::Tensor& scores, double scale, const Dims& d,
   at::Tensor q_pos = at::arange(d.t, idx).add_(q_offset);                           // [T]
   at::Tensor k_pos = at::arange(d.s, idx);                                          // [S]
   at::Tensor masked = k_pos.unsqueeze(0) > q_pos.unsqueeze(1);                      // [T, S] true = future key
-  at::ScalarType soft_type = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::ScalarType soft_type = compute_type(scores.scalar_type());
   at::Tensor s = (scores.to(soft_type) * scale).reshape({d.b, d.g, d.rep, d.t, d.s});  // [B, G, rep, T, S]
   s = s.masked_fill(masked, -std::numeric_limits<double>::infinity());
   return at::softmax(s, -1).to(scores.scalar_type()).reshape({d.b, d.g, d.rep * d.t, d.s});  // [B, G, rep*T, S]

@@ -12,9 +12,6 @@ namespace hylo {
 
 namespace {
 
-// bf16/fp16/fp32 compute in fp32; fp64 stays fp64 (the oracle precision).
-at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 // Dims of one call, checked once. `token` = true for the single-token layout (no T axis).
 struct Dims {
   int64_t batch = 0, T = 0, H = 0, P = 0, N = 0;
@@ -88,7 +85,7 @@ std::pair<at::Tensor, at::Tensor> step(const at::Tensor& S, const at::Tensor& x,
 SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                         const at::Tensor& C, const at::Tensor& D, const at::Tensor& state) {
   const Dims d = check_inputs("ssd_recurrent", true, x, dt, A, B, C, D, state);
-  const at::ScalarType ct = compute_type(x);
+  const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);
   at::Tensor Bh = groups_to_heads(B.to(ct), d.H, 1);                                  // [B, H, N]
   at::Tensor Ch = groups_to_heads(C.to(ct), d.H, 1);                                  // [B, H, N]
@@ -100,7 +97,7 @@ SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Ten
 SsdOutput ssd_naive(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial_state) {
   const Dims d = check_inputs("ssd_naive", false, x, dt, A, B, C, D, initial_state);
-  const at::ScalarType ct = compute_type(x);
+  const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);
   at::Tensor xc = x.to(ct);                                                           // [B, T, H, P]
   at::Tensor dtc = dt.to(ct);                                                         // [B, T, H]
@@ -124,7 +121,7 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial_state, int64_t chunk_size) {
   const Dims d = check_inputs("ssd_chunk", false, x, dt, A, B, C, D, initial_state);
   if (chunk_size < 1) throw Error("ssd_chunk: chunk_size must be >= 1, got " + std::to_string(chunk_size));
-  const at::ScalarType ct = compute_type(x);
+  const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);
   at::Tensor S0 = initial_or_zeros(initial_state, d, opts);                           // [B, H, P, N]
   if (d.T == 0) return {at::zeros({d.batch, 0, d.H, d.P}, x.options()), S0};

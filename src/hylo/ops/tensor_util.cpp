@@ -24,6 +24,8 @@ at::Device parse_device(const std::string& name) {
   return device;
 }
 
+at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
+
 at::ScalarType to_scalar_type(io::DType dtype) {
   using io::DType;
   switch (dtype) {

@@ -21,6 +21,10 @@ io::DType to_io_dtype(at::ScalarType type);       // throws for types safetensor
 // Copies a checkpoint tensor into a new ATen tensor (owning its memory) of its stored dtype.
 at::Tensor tensor_from_view(const io::TensorView& view);
 
+// The precision the mixer kernels compute in: bf16/fp16/fp32 accumulate in fp32, fp64 stays fp64 (the oracle
+// precision of the tests).
+at::ScalarType compute_type(at::ScalarType type);
+
 // "[2, 3, 4]" for error messages; "undefined" for an undefined tensor.
 std::string shape_str(at::IntArrayRef shape);
 std::string shape_str(const at::Tensor& t);

@@ -7,6 +7,7 @@
 #include "hylo/ops/causal_conv1d.h"
 #include "hylo/ops/gated_delta.h"
 #include "hylo/ops/gated_rms_norm.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo {
 
@@ -116,7 +117,7 @@ std::unique_ptr<MixerState> GatedDeltaNetMixer::new_state(int64_t batch, int64_t
     st->conv_k = at::zeros({batch, s.key_dim(), s.conv_size - 1}, options);
     st->conv_v = at::zeros({batch, s.value_dim(), s.conv_size - 1}, options);
   }
-  const at::ScalarType rt = options.dtype() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType rt = compute_type(options.dtype().toScalarType());
   st->recurrent = at::zeros({batch, s.num_heads, s.head_v_dim, s.head_k_dim}, options.dtype(rt));
   return st;
 }
@@ -151,7 +152,7 @@ at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*
     v = at::silu(v);
   }
   // Gates, norms and the state in fp32 (fp64 for an fp64 model), as FLA's kernels compute them.
-  const at::ScalarType ct = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType ct = compute_type(x.scalar_type());
   at::Tensor qh = l2_normalize(q.to(ct).view({B, T, H, Dk}));                               // [B, T, H, Dk]
   at::Tensor kh = l2_normalize(k.to(ct).view({B, T, H, Dk}));                               // [B, T, H, Dk]
   at::Tensor vh = v.view({B, T, H, Dv});                                                    // [B, T, H, Dv]

@@ -6,6 +6,7 @@
 #include "hylo/ops/causal_conv1d.h"
 #include "hylo/ops/gated_rms_norm.h"
 #include "hylo/ops/ssd.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo {
 
@@ -78,7 +79,7 @@ std::unique_ptr<MixerState> Mamba2Mixer::new_state(int64_t batch, int64_t /*max_
                                                    const at::TensorOptions& options) const {
   auto st = std::make_unique<Mamba2State>();
   st->conv = at::zeros({batch, conv_dim_, spec_.conv_size - 1}, options);
-  const at::ScalarType ssm_type = options.dtype() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType ssm_type = compute_type(options.dtype().toScalarType());
   st->ssm = at::zeros({batch, spec_.n_heads, spec_.head_dim, spec_.d_state}, options.dtype(ssm_type));
   return st;
 }
@@ -124,7 +125,7 @@ at::Tensor Mamba2Mixer::forward(const at::Tensor& x, const at::Tensor& /*positio
   }
 
   // Step sizes and decay rates in fp32 (fp64 for an fp64 model), as mamba_ssm does "to avoid -inf in fp16".
-  const at::ScalarType ct = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType ct = compute_type(x.scalar_type());
   at::Tensor delta = at::softplus(dt.to(ct) + dt_bias_.to(ct));                  // [B, T, H]
   at::Tensor A = -at::exp(a_log_.to(ct));                                         // [H]
 
