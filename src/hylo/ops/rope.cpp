@@ -5,6 +5,7 @@
 #include <numbers>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/rope_yarn.h"
 
 namespace hylo::ops {
 namespace {
@@ -17,11 +18,6 @@ at::Tensor rdiv(double c, const at::Tensor& t) { return at::reciprocal(t) * c; }
 at::Tensor pos_freqs(double base, int64_t dim) {
   at::Tensor exponent = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / dim;
   return at::pow(base, exponent);
-}
-
-double hf_yarn_mscale(double scale, double mscale) {
-  if (scale <= 1.0) return 1.0;
-  return 0.1 * mscale * std::log(scale) + 1.0;
 }
 
 }  // namespace
@@ -52,10 +48,9 @@ at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t dim) {
     at::Tensor pf = pos_freqs(base, dim);                       // [dim/2]
     at::Tensor extrapolation = rdiv(1.0, pf);
     at::Tensor interpolation = rdiv(1.0, pf * factor);
-    auto correction_dim = [&](double rotations) {
-      return (dim * std::log(orig / (rotations * 2 * std::numbers::pi))) / (2 * std::log(base));
-    };
-    double low = correction_dim(rope.beta_fast), high = correction_dim(rope.beta_slow);
+    // Python-float (fp64) arithmetic in transformers too, so sharing the MLA rope's helper changes no bit.
+    double low = yarn_correction_dim(rope.beta_fast, dim, base, orig);
+    double high = yarn_correction_dim(rope.beta_slow, dim, base, orig);
     if (rope.truncate) {
       low = std::floor(low);
       high = std::ceil(high);
@@ -74,8 +69,8 @@ double rope_attention_scaling(const RopeConfig& rope) {
   if (rope.type != "yarn") return 1.0;
   if (rope.attention_factor) return *rope.attention_factor;
   if (rope.mscale != 0.0 && rope.mscale_all_dim != 0.0)
-    return hf_yarn_mscale(rope.factor, rope.mscale) / hf_yarn_mscale(rope.factor, rope.mscale_all_dim);
-  return hf_yarn_mscale(rope.factor, 1.0);
+    return yarn_get_mscale(rope.factor, rope.mscale) / yarn_get_mscale(rope.factor, rope.mscale_all_dim);
+  return yarn_get_mscale(rope.factor, 1.0);
 }
 
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions,

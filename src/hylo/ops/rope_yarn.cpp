@@ -19,14 +19,12 @@ bool is_yarn(const RopeConfig& rope) {
               "\"default\" or \"yarn\", as in DeepSeek-V3 / Zebra-Llama)");
 }
 
-// DeepSeek's yarn_find_correction_dim: the dimension index whose wavelength completes `num_rotations` turns over
-// the original context.
-double correction_dim(double num_rotations, int64_t dim, double base, double original_max_pos) {
+}  // namespace
+
+double yarn_correction_dim(double num_rotations, int64_t dim, double base, double original_max_pos) {
   return (static_cast<double>(dim) * std::log(original_max_pos / (num_rotations * 2.0 * std::numbers::pi))) /
          (2.0 * std::log(base));
 }
-
-}  // namespace
 
 double yarn_get_mscale(double factor, double mscale) {
   if (factor <= 1.0) return 1.0;
@@ -63,8 +61,8 @@ at::Tensor mla_rope_inv_freq(const RopeConfig& rope, int64_t rope_dim) {
       throw Error("MLA rope: yarn needs original_max_position_embeddings > 0 (rope_scaling field), got " +
                   std::to_string(rope.original_max_position_embeddings));
     const double orig = static_cast<double>(rope.original_max_position_embeddings);
-    double low = correction_dim(rope.beta_fast, rope_dim, rope.theta, orig);
-    double high = correction_dim(rope.beta_slow, rope_dim, rope.theta, orig);
+    double low = yarn_correction_dim(rope.beta_fast, rope_dim, rope.theta, orig);
+    double high = yarn_correction_dim(rope.beta_slow, rope_dim, rope.theta, orig);
     if (rope.truncate) {
       low = std::floor(low);
       high = std::ceil(high);

@@ -37,6 +37,10 @@ enum class RopePairOrder {
 // DeepSeek's yarn_get_mscale: 1 for factor <= 1, else 0.1 * mscale * ln(factor) + 1.
 double yarn_get_mscale(double factor, double mscale);
 
+// DeepSeek's yarn_find_correction_dim (= transformers' find_correction_dim): the (fractional) dimension index whose
+// wavelength completes `num_rotations` turns over `original_max_pos` positions, in fp64 as both compute it.
+double yarn_correction_dim(double num_rotations, int64_t dim, double base, double original_max_pos);
+
 // The factor cos and sin are multiplied by (1 for "default" rope).
 double mla_rope_cos_sin_scale(const RopeConfig& rope);
 
