@@ -26,10 +26,6 @@ void check_spec(const MlaSpec& s, int64_t hidden) {
          std::to_string(s.num_heads));
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-}
-
 }  // namespace
 
 at::Tensor MlaState::append(const at::Tensor& entry) {
@@ -107,9 +103,9 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
   // Queries: low-rank (optionally normalised latent) or full-rank projection.
   at::Tensor q;                                                                    // [B, T, H*(Dn+Dr)]
   if (s.q_lora_rank == 0) {
-    q = linear(x, q_proj_w_, q_proj_b_);
+    q = at::linear(x, q_proj_w_, q_proj_b_);
   } else {
-    at::Tensor c_q = linear(x, q_a_w_, q_a_b_);                                    // [B, T, Rq]
+    at::Tensor c_q = at::linear(x, q_a_w_, q_a_b_);                                // [B, T, Rq]
     if (q_a_norm_w_.defined()) c_q = ops::rms_norm(c_q, q_a_norm_w_, kLatentNormEps);
     q = at::linear(c_q, q_b_w_);
   }
@@ -118,7 +114,7 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
   at::Tensor q_pe = q.narrow(3, p, r);                                             // [B, T, H, Dr]
 
   // Latent and the shared rope key of the new tokens.
-  at::Tensor ckv = linear(x, kv_a_w_, kv_a_b_);                                    // [B, T, Rkv+Dr]
+  at::Tensor ckv = at::linear(x, kv_a_w_, kv_a_b_);                                // [B, T, Rkv+Dr]
   at::Tensor c_kv = ckv.narrow(2, 0, c);                                           // [B, T, Rkv]
   if (kv_a_norm_w_.defined()) c_kv = ops::rms_norm(c_kv, kv_a_norm_w_, kLatentNormEps);
   at::Tensor k_pe = ckv.narrow(2, c, r).unsqueeze(2);                              // [B, T, 1, Dr]
@@ -143,7 +139,7 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
                                                         softmax_scale_, q_offset)
                           : ops::mla_attention_decompressed(q_nope, q_pe, keys_c, keys_pe, kv_b_w_,
                                                             s.num_kv_groups, softmax_scale_, q_offset);  // [B, T, H, Dv]
-  return linear(o.reshape({b, t, h * s.v_head_dim}), out_w_, out_b_);              // [B, T, D]
+  return at::linear(o.reshape({b, t, h * s.v_head_dim}), out_w_, out_b_);          // [B, T, D]
 }
 
 namespace {
