@@ -56,49 +56,40 @@ at::Tensor finish_output(const at::Tensor& o_hm, at::ScalarType out_type) {
   return o_hm.transpose(1, 2).contiguous().to(out_type);
 }
 
+// One token of the gated delta rule, updating S in place of the caller's handle and returning the readout:
+//   S_t = alpha S_{t-1} (I - beta k k^T) + beta v k^T,   o_t = S_t (scale q),   alpha = exp(g).
+// Evaluated as S' = alpha S; S_t = S' + beta (v - S' k) k^T (the same matrix, expanded): decay, read the
+// prediction S' k, write the error along k -- one pass over S, the shape of the fused decode kernel.
+at::Tensor delta_step(at::Tensor& S, const HeadMajor& in, int64_t t, double scale) {
+  S = S * in.g.select(2, t).exp().unsqueeze(-1).unsqueeze(-1);               // [B, H, Dv, Dk]
+  at::Tensor kt = in.k.select(2, t).unsqueeze(-1);                            // [B, H, Dk, 1]
+  at::Tensor err = (in.v.select(2, t).unsqueeze(-1) - at::matmul(S, kt)) *
+                   in.beta.select(2, t).unsqueeze(-1).unsqueeze(-1);          // [B, H, Dv, 1]
+  S = S + at::matmul(err, kt.transpose(-1, -2));                              // [B, H, Dv, Dk]
+  return at::matmul(S, (in.q.select(2, t) * scale).unsqueeze(-1)).squeeze(-1);  // [B, H, Dv]
+}
+
+// The token-by-token form shared by gated_delta_naive (the oracle) and gated_delta_recurrent (decode).
+GatedDeltaOutput token_loop(const HeadMajor& in, double scale, at::ScalarType out_type) {
+  at::Tensor S = in.state;  // [B, H, Dv, Dk]
+  std::vector<at::Tensor> outs;
+  outs.reserve(in.T);
+  for (int64_t t = 0; t < in.T; ++t) outs.push_back(delta_step(S, in, t, scale));  // [B, H, Dv] each
+  return {finish_output(at::stack(outs, 2), out_type), S};                        // o [B, T, H, Dv]
+}
+
 }  // namespace
 
 GatedDeltaOutput gated_delta_naive(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& g, const at::Tensor& beta, double scale,
                                    const at::Tensor& initial_state) {
-  HeadMajor in = prepare("gated_delta_naive", q, k, v, g, beta, initial_state);
-  at::Tensor S = in.state;  // [B, H, Dv, Dk]
-  std::vector<at::Tensor> outs;
-  outs.reserve(in.T);
-  for (int64_t t = 0; t < in.T; ++t) {
-    at::Tensor kt = in.k.select(2, t);                                  // [B, H, Dk]
-    at::Tensor vt = in.v.select(2, t);                                  // [B, H, Dv]
-    at::Tensor qt = in.q.select(2, t) * scale;                          // [B, H, Dk]
-    at::Tensor alpha = in.g.select(2, t).exp().unsqueeze(-1).unsqueeze(-1);  // [B, H, 1, 1]
-    at::Tensor bt = in.beta.select(2, t).unsqueeze(-1).unsqueeze(-1);       // [B, H, 1, 1]
-    // S_t = alpha S (I - beta k k^T) + beta v k^T, with S (I - beta k k^T) = S - beta (S k) k^T.
-    at::Tensor Sk = at::matmul(S, kt.unsqueeze(-1));                    // [B, H, Dv, 1]
-    at::Tensor kT = kt.unsqueeze(-2);                                   // [B, H, 1, Dk]
-    S = alpha * (S - bt * at::matmul(Sk, kT)) + bt * at::matmul(vt.unsqueeze(-1), kT);
-    outs.push_back(at::matmul(S, qt.unsqueeze(-1)).squeeze(-1));       // [B, H, Dv]
-  }
-  at::Tensor o = at::stack(outs, 2);                                    // [B, H, T, Dv]
-  return {finish_output(o, v.scalar_type()), S};
+  return token_loop(prepare("gated_delta_naive", q, k, v, g, beta, initial_state), scale, v.scalar_type());
 }
 
 GatedDeltaOutput gated_delta_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& g, const at::Tensor& beta, double scale,
                                        const at::Tensor& initial_state) {
-  HeadMajor in = prepare("gated_delta_recurrent", q, k, v, g, beta, initial_state);
-  at::Tensor S = in.state;  // [B, H, Dv, Dk]
-  std::vector<at::Tensor> outs;
-  outs.reserve(in.T);
-  for (int64_t t = 0; t < in.T; ++t) {
-    // Decay, read the prediction v_hat = S k, write the error beta (v - v_hat) along k, read out with q: one pass
-    // over S per token, the shape of the fused decode kernel.
-    S = S * in.g.select(2, t).exp().unsqueeze(-1).unsqueeze(-1);               // [B, H, Dv, Dk]
-    at::Tensor kt = in.k.select(2, t).unsqueeze(-1);                            // [B, H, Dk, 1]
-    at::Tensor err = (in.v.select(2, t).unsqueeze(-1) - at::matmul(S, kt)) *
-                     in.beta.select(2, t).unsqueeze(-1).unsqueeze(-1);          // [B, H, Dv, 1]
-    S = S + at::matmul(err, kt.transpose(-1, -2));                              // [B, H, Dv, Dk]
-    outs.push_back(at::matmul(S, (in.q.select(2, t) * scale).unsqueeze(-1)).squeeze(-1));  // [B, H, Dv]
-  }
-  return {finish_output(at::stack(outs, 2), v.scalar_type()), S};
+  return token_loop(prepare("gated_delta_recurrent", q, k, v, g, beta, initial_state), scale, v.scalar_type());
 }
 
 GatedDeltaOutput gated_delta_chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -1,8 +1,10 @@
 // The gated delta rule of Gated DeltaNet (Yang, Kautz, Hatamizadeh, arXiv 2412.06464; FLA gated_delta_rule) in
 // the three forms every recurrent mixer has (DESIGN.md section 5):
-//   gated_delta_naive     : the recurrence as written, token by token; fp64-capable; the oracle.
+//   gated_delta_naive     : the recurrence token by token; fp64-capable; the oracle.
 //   gated_delta_chunk     : chunkwise-parallel WY/UT form (training and prefill), carries initial -> final state.
 //   gated_delta_recurrent : the decode step (read the prediction, write the error), meant for T = 1 or a few tokens.
+// naive and recurrent run the same per-token step (decay, read, write the error), so they are equal by
+// construction; tests/cpp/gdn pins that step to the recurrence below written with explicit matrices.
 // All three are plain ATen ops, so autograd differentiates every input including the initial state.
 //
 // Per head, with S the [Dv x Dk] state, alpha_t = exp(g_t) and L2-normalised keys (the caller normalises):
