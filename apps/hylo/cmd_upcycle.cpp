@@ -104,7 +104,7 @@ int run_upcycle(const UpcycleArgs& a) {
     auto mla = CausalLM::load(a.from_mla, lo);
     auto lin = CausalLM::load(a.from_linear, lo);
     auto hybrid = assemble_hybrid(*mla, *lin, plan).value_or_throw();
-    save_checkpoint(*hybrid, a.out, checkpoint_tokenizer_path(a.from_linear).value_or_throw()).value_or_throw();
+    save_checkpoint(*hybrid, a.out, a.from_linear).value_or_throw();
     std::printf("assembled %s from %s (MLA layers) and %s (linear layers): %lld parameters, KV %lld B/token\n",
                 a.out.c_str(), a.from_mla.c_str(), a.from_linear.c_str(),
                 static_cast<long long>(parameter_count(hybrid->config())),

@@ -19,8 +19,11 @@ namespace {
 Status copy_tokenizer(const fs::path& source, const fs::path& staging) {
   std::error_code ec;
   if (fs::is_directory(source, ec)) {
-    if (!fs::exists(source / "tokenizer.json", ec))
-      return make_error(source.string() + ": no tokenizer.json to copy into the checkpoint");
+    if (!fs::exists(source / "tokenizer.json", ec)) {
+      // The same rule as Tokenizer::from_path: a checkpoint upcycled from a GGUF teacher holds tokenizer.gguf only.
+      if (fs::exists(source / "tokenizer.gguf", ec)) return copy_tokenizer(source / "tokenizer.gguf", staging);
+      return make_error(source.string() + ": no tokenizer.json (nor tokenizer.gguf) to copy into the checkpoint");
+    }
     for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                              "generation_config.json", "chat_template.jinja"}) {
       if (!fs::exists(source / name, ec)) continue;
@@ -105,13 +108,6 @@ Status save_checkpoint(CausalLM& model, const fs::path& dir_in, const fs::path& 
   st = commit_directory_atomic(staging, dir);
   if (!st.ok()) (void)remove_tree(staging);
   return st;
-}
-
-Result<fs::path> checkpoint_tokenizer_path(const fs::path& dir) {
-  std::error_code ec;
-  if (fs::exists(dir / "tokenizer.json", ec)) return dir;
-  if (fs::exists(dir / "tokenizer.gguf", ec)) return dir / "tokenizer.gguf";
-  return make_error(dir.string() + ": the checkpoint holds neither tokenizer.json nor tokenizer.gguf");
 }
 
 }  // namespace hylo

@@ -5,9 +5,10 @@
 // checkpoint or the complete new one, never a half-written one.
 //
 // The tokenizer comes from `tokenizer_source`: an HF directory (tokenizer.json, tokenizer_config.json,
-// special_tokens_map.json, generation_config.json and chat_template.jinja are copied when present), a
-// tokenizer.json file, or a GGUF file (its tokenizer.* metadata is written as a tensor-free `tokenizer.gguf`,
-// which the GGUF vocabulary loader reads back token for token).
+// special_tokens_map.json, generation_config.json and chat_template.jinja are copied when present; a hylo
+// checkpoint directory that holds only tokenizer.gguf passes that on), a tokenizer.json file, or a GGUF file
+// (its tokenizer.* metadata is written as a tensor-free `tokenizer.gguf`, which the GGUF vocabulary loader reads
+// back token for token).
 #pragma once
 
 #include <filesystem>
@@ -18,9 +19,5 @@
 namespace hylo {
 
 Status save_checkpoint(CausalLM& model, const std::filesystem::path& dir, const std::filesystem::path& tokenizer_source);
-
-// Where the tokenizer of a checkpoint directory lives, for Tokenizer::from_path: the directory itself when it holds
-// tokenizer.json, else DIR/tokenizer.gguf. Error when neither exists.
-Result<std::filesystem::path> checkpoint_tokenizer_path(const std::filesystem::path& dir);
 
 }  // namespace hylo
