@@ -10,10 +10,10 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "args.h"
 #include "command.h"
 #include "hylo/core/file_util.h"
 #include "hylo/infer/generate.h"
@@ -47,31 +47,6 @@ std::string read_file_or_throw(const std::string& path, const char* what) {
   auto text = read_text_file(path);
   if (!text.ok()) throw Error(std::string(what) + ": " + text.error());
   return std::move(text).value();
-}
-
-std::vector<int64_t> parse_ids(const std::string& text) {
-  std::vector<int64_t> ids;
-  std::string token;
-  std::istringstream in(text);
-  while (in >> token) {
-    // Accept "1 2 3" and "1,2,3".
-    std::stringstream parts(token);
-    std::string part;
-    while (std::getline(parts, part, ',')) {
-      if (part.empty()) continue;
-      size_t used = 0;
-      int64_t v = 0;
-      try {
-        v = std::stoll(part, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != part.size() || v < 0) throw Error("--prompt-ids: '" + part + "' is not a non-negative integer id");
-      ids.push_back(v);
-    }
-  }
-  if (ids.empty()) throw Error("--prompt-ids: no ids given");
-  return ids;
 }
 
 std::vector<tok::ChatMessage> read_messages(const std::string& path) {
@@ -133,7 +108,7 @@ int run_generate(const GenerateArgs& a) {
 
   std::vector<int64_t> prompt;
   if (!a.prompt_ids.empty()) {
-    prompt = parse_ids(a.prompt_ids);
+    prompt = parse_token_ids(a.prompt_ids, "--prompt-ids");
   } else {
     std::string text = !a.prompt_file.empty() ? read_file_or_throw(a.prompt_file, "--prompt-file") : a.prompt;
     std::vector<int32_t> ids;

@@ -2,8 +2,7 @@
 // Developer command used by the parity tests: one stateless forward per id sequence (no BOS added), and the
 // fp32 logits [T, V] written to a safetensors file: tensor "logits" for a single sequence; with several
 // --ids, "logits.0", "logits.1", ... in the order given (one model load for all).
-#include <sstream>
-
+#include "args.h"
 #include "command.h"
 #include "hylo/core/result.h"
 #include "hylo/io/safetensors.h"
@@ -19,28 +18,6 @@ struct LogitsArgs {
   std::string dtype = "fp32", device = "cpu";
 };
 
-std::vector<int64_t> parse_id_list(const std::string& text) {
-  std::vector<int64_t> ids;
-  std::string s = text;
-  for (char& c : s)
-    if (c == ',') c = ' ';
-  std::istringstream in(s);
-  std::string tok;
-  while (in >> tok) {
-    size_t used = 0;
-    int64_t v = -1;
-    try {
-      v = std::stoll(tok, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != tok.size() || v < 0) throw Error("--ids: '" + tok + "' is not a non-negative integer id");
-    ids.push_back(v);
-  }
-  if (ids.empty()) throw Error("--ids: no ids given");
-  return ids;
-}
-
 int run_logits(const LogitsArgs& a) {
   LoadOptions opts;
   opts.dtype = parse_scalar_type(a.dtype);
@@ -49,7 +26,7 @@ int run_logits(const LogitsArgs& a) {
   std::vector<at::Tensor> results;  // keeps the bytes alive until written
   std::vector<io::TensorToWrite> tensors;
   for (size_t s = 0; s < a.ids.size(); ++s) {
-    std::vector<int64_t> ids = parse_id_list(a.ids[s]);
+    std::vector<int64_t> ids = parse_token_ids(a.ids[s], "--ids");
     for (int64_t id : ids)
       if (id >= model->config().vocab_size)
         throw Error("--ids: id " + std::to_string(id) + " is outside the vocabulary (size " +

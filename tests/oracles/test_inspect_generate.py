@@ -232,7 +232,9 @@ def test_generate_rejects_bad_arguments(tmp_root, tokenizer_json):
     for args, needle in [
         (["--prompt-ids", "1 2", "--top-p", 0], "top_p"),
         (["--prompt-ids", "1 2", "--temperature", -1], "temperature"),
-        (["--prompt-ids", "1 x"], "--prompt-ids"),
+        (["--prompt-ids", "1 x"], "--prompt-ids: 'x' is not a non-negative integer id"),
+        (["--prompt-ids", "1,2,-3"], "--prompt-ids: '-3' is not a non-negative integer id"),
+        (["--prompt-ids", " , "], "--prompt-ids: no ids given"),
         (["--prompt-ids", f"1 {TOKENIZER_VOCAB}"], "vocabulary"),
         (["--prompt", "a", "--prompt-ids", "1"], "exactly one"),
         ([], "exactly one"),
@@ -240,6 +242,19 @@ def test_generate_rejects_bad_arguments(tmp_root, tokenizer_json):
     ]:
         r = run("generate", path, *args, check=False)
         assert r.returncode != 0 and needle in r.stderr, (args, r.stderr)
+
+
+def test_logits_ids_share_the_generate_format(tmp_root, tokenizer_json, tmp_path):
+    """`logits --ids` and `generate --prompt-ids` parse ids alike (apps/hylo/args.h): spaces and commas mix, and
+    errors name the option."""
+    _, path = build(CASES[0], tmp_root, tokenizer_json)
+    from safetensors.numpy import load_file
+    run("logits", path, "--ids", "3 5 7", "--ids", "3,5, 7", "--out", tmp_path / "l.safetensors")
+    l = load_file(str(tmp_path / "l.safetensors"))
+    np.testing.assert_array_equal(l["logits.0"], l["logits.1"])
+    for ids, needle in [("1 x", "--ids: 'x' is not a non-negative integer id"), (",", "--ids: no ids given")]:
+        r = run("logits", path, "--ids", ids, "--out", tmp_path / "bad.safetensors", check=False)
+        assert r.returncode != 0 and needle in r.stderr, (ids, r.stderr)
 
 
 def test_teacher_answers_capital_of_france():
