@@ -86,6 +86,7 @@ CommandRun setup(CLI::App& app) {
   app.add_flag("--metadata", o->metadata, "print the metadata as JSON on stdout");
   return [o]() -> int {
     if (o->out.empty() && !o->metadata) throw Error("gguf-dump: nothing to do (give --out and/or --metadata)");
+    if (o->hf_names && o->out.empty()) throw Error("gguf-dump: --hf-names names the tensors written by --out; give --out");
     return run_gguf_dump(o->in, o->out, o->hf_names, o->metadata);
   };
 }

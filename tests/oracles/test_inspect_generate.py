@@ -257,6 +257,16 @@ def test_logits_ids_share_the_generate_format(tmp_root, tokenizer_json, tmp_path
         assert r.returncode != 0 and needle in r.stderr, (ids, r.stderr)
 
 
+def test_gguf_dump_refuses_options_that_do_nothing(tmp_path):
+    if not Path(TEACHER).is_file():
+        pytest.skip("teacher GGUF not available")
+    for args, needle in [([], "nothing to do"), (["--hf-names"], "--hf-names"),
+                         (["--hf-names", "--metadata"], "--hf-names")]:
+        r = run("gguf-dump", TEACHER, *args, check=False)
+        assert r.returncode == 1 and needle in r.stderr, (args, r.stderr)
+        assert r.stdout == "", args  # refused before printing any metadata
+
+
 def test_teacher_answers_capital_of_france():
     if not Path(TEACHER).is_file():
         pytest.fail(f"teacher GGUF {TEACHER} missing: run `make setup` (scripts/setup.sh) to fetch it")

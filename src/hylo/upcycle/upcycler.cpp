@@ -187,8 +187,6 @@ Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const Up
     default: config.torch_dtype = "float32"; break;
   }
   // The student: every parameter comes from an initialiser or verbatim from the teacher; none is left unset.
-  LoadOptions lo;
-  lo.dtype = options.dtype;
   auto student = std::make_unique<CausalLM>(config, at::TensorOptions().dtype(options.dtype));
   std::set<std::string> used;
   std::vector<std::string> unset;
