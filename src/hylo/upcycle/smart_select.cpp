@@ -12,7 +12,9 @@ SmartResult smart_select(CausalLM& teacher, CausalLM& mla_model, CausalLM& linea
   const int64_t L = linear_model.config().num_layers();
   if (k < 1 || k > L) throw Error("smart_select: k = " + std::to_string(k) + " outside 1.." + std::to_string(L));
   SmartResult r;
-  r.kl_linear = logit_kl(teacher, linear_model, ids);
+  // The teacher's distribution is the same for all L + 1 scores: one forward.
+  const at::Tensor teacher_logp = teacher_log_probs(teacher, ids);  // [1, T, V]
+  r.kl_linear = logit_kl(teacher_logp, linear_model, ids);
   LayerPlan one;
   one.source = "SMART single-layer swap";
   one.selection = MlaSelection::kExplicit;
@@ -22,7 +24,7 @@ SmartResult smart_select(CausalLM& teacher, CausalLM& mla_model, CausalLM& linea
     auto hybrid = assemble_hybrid(mla_model, linear_model, one, /*share_tensors=*/true).value_or_throw();
     SmartScore s;
     s.layer = i;
-    s.kl = logit_kl(teacher, *hybrid, ids);
+    s.kl = logit_kl(teacher_logp, *hybrid, ids);
     s.gain = r.kl_linear - s.kl;
     r.scores.push_back(s);
     if (progress) progress(i + 1, L);

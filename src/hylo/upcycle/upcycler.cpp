@@ -62,12 +62,21 @@ std::string thousands(int64_t v) {
 
 }  // namespace
 
-double logit_kl(CausalLM& teacher, CausalLM& student, const at::Tensor& ids) {
+at::Tensor teacher_log_probs(CausalLM& teacher, const at::Tensor& ids) {
   c10::NoGradGuard no_grad;
-  at::Tensor lt = teacher.forward(ids).to(at::kFloat).log_softmax(-1);  // [1, T, V]
+  return teacher.forward(ids).to(at::kFloat).log_softmax(-1);  // [1, T, V]
+}
+
+double logit_kl(const at::Tensor& teacher_logp, CausalLM& student, const at::Tensor& ids) {
+  c10::NoGradGuard no_grad;
+  const at::Tensor& lt = teacher_logp;                                   // [1, T, V]
   at::Tensor ls = student.forward(ids).to(at::kFloat).log_softmax(-1);  // [1, T, V]
   at::Tensor kl = (lt.exp() * (lt - ls)).sum(-1);                        // [1, T]
   return kl.mean().item<double>();
+}
+
+double logit_kl(CausalLM& teacher, CausalLM& student, const at::Tensor& ids) {
+  return logit_kl(teacher_log_probs(teacher, ids), student, ids);
 }
 
 Result<at::Tensor> calibration_ids(const std::filesystem::path& text_path, const std::filesystem::path& tokenizer_path,

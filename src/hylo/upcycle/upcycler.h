@@ -75,6 +75,10 @@ Result<std::unique_ptr<CausalLM>> assemble_hybrid(CausalLM& mla_model, CausalLM&
 
 // Mean over tokens of KL(p_teacher || p_student) for ids [1, T] (fp32 logits).
 double logit_kl(CausalLM& teacher, CausalLM& student, const at::Tensor& ids);
+// The same in two steps, for scoring many students against one teacher (SMART) with one teacher forward:
+// teacher_log_probs gives the teacher's fp32 log-probabilities [1, T, V] on ids [1, T].
+at::Tensor teacher_log_probs(CausalLM& teacher, const at::Tensor& ids);
+double logit_kl(const at::Tensor& teacher_logp, CausalLM& student, const at::Tensor& ids);
 
 // The calibration text: `given`, or $HYLO_DATA/text/moby-dick.txt when empty.
 Result<std::filesystem::path> resolve_calibration_text(const std::filesystem::path& given);
