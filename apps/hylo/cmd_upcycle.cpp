@@ -1,7 +1,9 @@
 // hylo upcycle TEACHER --plan PLAN.yaml --out DIR [--calibration FILE] [--calibration-tokens N] [--json REPORT.json]
 //              [--dtype fp32|bf16] [--seed S] [--stage1 mla|linear] [--smart K [--smart-plan FILE]]
 //              [--threads N] [--no-progress]
-// hylo upcycle --assemble --from-mla DIR --from-linear DIR --plan PLAN.yaml --out DIR
+// hylo upcycle --assemble --from-mla DIR --from-linear DIR --plan PLAN.yaml --out DIR [--json REPORT.json] [--dtype D]
+//   (options of the teacher path -- TEACHER, --calibration*, --seed, --teacher-dtype, --stage1, --smart* -- are errors
+//   here; --stage1 and --smart exclude each other)
 // Turns a Transformer (HF directory or GGUF) into the hybrid the layer plan describes (src/hylo/upcycle/upcycler.h),
 // writes it as a hylo checkpoint directory (config.json + model.safetensors + tokenizer, committed atomically),
 // and prints the report: per layer the mixer, ranks, reconstruction errors, parameters, KV bytes per token before
@@ -15,6 +17,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+
+#include <nlohmann/json.hpp>
 
 #include "command.h"
 #include "hylo/config/gguf_config.h"
@@ -43,12 +47,31 @@ struct UpcycleArgs {
   bool assemble = false, no_progress = false;
 };
 
-// The teacher's config from its metadata alone, so a plan that does not fit fails before the weights load.
+// The teacher's config from its metadata alone, so a plan that does not fit, or a teacher that is not a
+// Transformer, fails before the weights load. CausalLM::load reads any model directory (load_model_dir_config),
+// hybrids included; upcycling one is refused here: its non-attention layers have no attention to start from.
 Result<ModelConfig> teacher_config(const std::filesystem::path& p) {
   std::error_code ec;
-  if (std::filesystem::is_directory(p, ec)) return load_hf_config(p);
-  HYLO_TRY(auto gguf, io::GgufFile::open(p));
-  return model_config_from_gguf(gguf);
+  ModelConfig config;
+  if (std::filesystem::is_directory(p, ec)) {
+    if (std::filesystem::exists(p / "hybrid_config.json", ec))
+      return make_error(p.string() + ": holds hybrid_config.json (an AMD hybrid checkpoint); the teacher must be a "
+                        "Transformer (every layer attention)");
+    HYLO_TRY(std::string text, read_text_file(p / "config.json"));
+    const auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (json.is_object() && json.contains("hybrid"))
+      return make_error((p / "config.json").string() + ": has a 'hybrid' block (a hylo checkpoint); the teacher must "
+                        "be a Transformer (every layer attention)");
+    HYLO_TRY(config, load_hf_config(p));
+  } else {
+    HYLO_TRY(auto gguf, io::GgufFile::open(p));
+    HYLO_TRY(config, model_config_from_gguf(gguf));
+  }
+  for (int64_t i = 0; i < config.num_layers(); ++i)
+    if (config.layers[i].mixer != MixerKind::kGqa)
+      return make_error(p.string() + ": layer " + std::to_string(i) +
+                        " is not attention; the teacher must be a Transformer (every layer attention)");
+  return config;
 }
 
 // SMART (HYLO.md 7.1): Stage-I models of the plan from this teacher, every layer scored by the KL reduction of
@@ -105,10 +128,20 @@ int run_upcycle(const UpcycleArgs& a) {
     auto lin = CausalLM::load(a.from_linear, lo);
     auto hybrid = assemble_hybrid(*mla, *lin, plan).value_or_throw();
     save_checkpoint(*hybrid, a.out, a.from_linear).value_or_throw();
+    const int64_t params = parameter_count(hybrid->config()), kv = kv_bytes_per_token(hybrid->config());
     std::printf("assembled %s from %s (MLA layers) and %s (linear layers): %lld parameters, KV %lld B/token\n",
-                a.out.c_str(), a.from_mla.c_str(), a.from_linear.c_str(),
-                static_cast<long long>(parameter_count(hybrid->config())),
-                static_cast<long long>(kv_bytes_per_token(hybrid->config())));
+                a.out.c_str(), a.from_mla.c_str(), a.from_linear.c_str(), static_cast<long long>(params),
+                static_cast<long long>(kv));
+    if (!a.json.empty()) {
+      nlohmann::json j;
+      j["checkpoint"] = a.out;
+      j["assembled_from"] = {{"mla", a.from_mla}, {"linear", a.from_linear}};
+      j["plan"] = plan.source;
+      j["parameters"] = params;
+      j["kv_bytes_per_token"] = kv;
+      j["seconds"]["total"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      write_file_atomic(a.json, j.dump(2) + "\n").value_or_throw();
+    }
     return 0;
   }
   if (a.teacher.empty()) throw Error("upcycle: TEACHER (an HF model directory or a GGUF file) is required");
@@ -149,28 +182,40 @@ int run_upcycle(const UpcycleArgs& a) {
 
 CommandRun setup(CLI::App& app) {
   auto a = std::make_shared<UpcycleArgs>();
-  app.add_option("teacher", a->teacher, "the Transformer: HF model directory or GGUF file");
+  CLI::Option* teacher = app.add_option("teacher", a->teacher, "the Transformer: HF model directory or GGUF file");
   app.add_option("--plan", a->plan, "layer plan YAML (recipes/plans/*.yaml)")->required();
   app.add_option("--out", a->out, "output checkpoint directory (replaced atomically)")->required();
-  app.add_option("--calibration", a->calibration, "text for the KL after init (default $HYLO_DATA/text/moby-dick.txt)");
-  app.add_option("--calibration-tokens", a->calibration_tokens, "tokens of calibration text (0: skip the KL)")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+  CLI::Option* calibration =
+      app.add_option("--calibration", a->calibration, "text for the KL after init (default $HYLO_DATA/text/moby-dick.txt)");
+  CLI::Option* calibration_tokens =
+      app.add_option("--calibration-tokens", a->calibration_tokens, "tokens of calibration text (0: skip the KL)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
   app.add_option("--json", a->json, "also write the report as JSON to this file");
   app.add_option("--dtype", a->dtype, "dtype of the hybrid's parameters (fp32, bf16, ...)")->capture_default_str();
-  app.add_option("--teacher-dtype", a->teacher_dtype, "dtype the teacher is loaded in (bf16 halves its memory)")
-      ->capture_default_str();
-  app.add_option("--seed", a->seed, "seed of the parameters without a teacher counterpart")->capture_default_str();
-  app.add_option("--stage1", a->stage1, "make the Stage-I model of the plan instead: mla (every layer MLA) or linear");
-  app.add_flag("--assemble", a->assemble, "assemble the hybrid from two Stage-I checkpoints (--from-mla, --from-linear)");
-  app.add_option("--from-mla", a->from_mla, "Stage-I pure-MLA checkpoint (with --assemble)");
-  app.add_option("--from-linear", a->from_linear, "Stage-I pure-linear checkpoint (with --assemble)");
-  app.add_option("--smart", a->smart,
-                 "SMART selection: choose this many MLA layers by KL reduction (overrides the plan's layers)");
-  app.add_option("--smart-plan", a->smart_plan, "write the SMART-selected plan to this YAML file");
+  CLI::Option* teacher_dtype =
+      app.add_option("--teacher-dtype", a->teacher_dtype, "dtype the teacher is loaded in (bf16 halves its memory)")
+          ->capture_default_str();
+  CLI::Option* seed =
+      app.add_option("--seed", a->seed, "seed of the parameters without a teacher counterpart")->capture_default_str();
+  CLI::Option* stage1 =
+      app.add_option("--stage1", a->stage1, "make the Stage-I model of the plan instead: mla (every layer MLA) or linear");
+  CLI::Option* assemble =
+      app.add_flag("--assemble", a->assemble, "assemble the hybrid from two Stage-I checkpoints (--from-mla, --from-linear)");
+  app.add_option("--from-mla", a->from_mla, "Stage-I pure-MLA checkpoint (with --assemble)")->needs(assemble);
+  app.add_option("--from-linear", a->from_linear, "Stage-I pure-linear checkpoint (with --assemble)")->needs(assemble);
+  CLI::Option* smart = app.add_option(
+      "--smart", a->smart, "SMART selection: choose this many MLA layers by KL reduction (overrides the plan's layers)");
+  CLI::Option* smart_plan =
+      app.add_option("--smart-plan", a->smart_plan, "write the SMART-selected plan to this YAML file")->needs(smart);
   app.add_flag("--no-progress", a->no_progress, "no progress bar");
   app.add_option("--threads", a->threads,
                  "intra-op CPU threads (default: ATen's; 1 is fastest on a machine shared with other jobs)");
+  // Assembling reads two finished Stage-I checkpoints: nothing of the teacher path applies, and an option given
+  // for it is an error rather than silently ignored. Stage-I models are pure by definition: no SMART selection.
+  for (CLI::Option* o : {teacher, calibration, calibration_tokens, teacher_dtype, seed, stage1, smart, smart_plan})
+    assemble->excludes(o);
+  stage1->excludes(smart);
   return [a]() { return run_upcycle(*a); };
 }
 

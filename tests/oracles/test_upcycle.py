@@ -247,8 +247,12 @@ def test_stage1_models_assemble_by_plan(tmp_path):
     assert all(".gdn." not in k for k in mla) and all(".mla." not in k for k in lin)
     out = tmp_path / "hybrid"
     r = subprocess.run([HYLO, "upcycle", "--assemble", "--from-mla", ckpt["mla"], "--from-linear", ckpt["linear"],
-                        "--plan", plan, "--out", out], capture_output=True, text=True, timeout=600)
+                        "--plan", plan, "--out", out, "--json", tmp_path / "assemble.json"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "assemble.json").read_text())
+    assert rep["checkpoint"] == str(out) and rep["parameters"] == expected_params("llama", "gdn")
+    assert rep["assembled_from"] == {"mla": str(ckpt["mla"]), "linear": str(ckpt["linear"])}
     h = load_file(str(out / "model.safetensors"))
     for name, t in h.items():
         src = mla if name.startswith(("model.layers.1.", "model.layers.3.")) else lin
@@ -257,3 +261,44 @@ def test_stage1_models_assemble_by_plan(tmp_path):
     assert [l["mixer"] for l in cfg["hybrid"]["layers"]] == ["gdn", "mla", "gdn", "mla"]
     assert (out / "tokenizer.json").exists()
     assert sum(x.size for x in h.values()) == expected_params("llama", "gdn")
+
+
+def test_conflicting_options_and_non_transformer_teachers_are_errors(tmp_path):
+    """Options that would be silently ignored are refused, and a hybrid given as TEACHER fails on its config,
+    before any weights load or any checkpoint is written."""
+    teacher = make_teacher(tmp_path, "llama")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text("llama", "gdn"))
+    out = tmp_path / "never"
+    assemble = ["--assemble", "--from-mla", tmp_path / "a", "--from-linear", tmp_path / "b", "--plan", plan, "--out", out]
+    for args, needle in [
+        ([teacher, *assemble], "excludes"),
+        ([*assemble, "--smart", "2"], "excludes"),
+        ([*assemble, "--smart-plan", tmp_path / "p.yaml"], "excludes"),
+        ([*assemble, "--stage1", "mla"], "excludes"),
+        ([*assemble, "--calibration", tmp_path / "t.txt"], "excludes"),
+        ([*assemble, "--calibration-tokens", "8"], "excludes"),
+        ([*assemble, "--seed", "3"], "excludes"),
+        ([*assemble, "--teacher-dtype", "bf16"], "excludes"),
+        ([teacher, "--plan", plan, "--out", out, "--stage1", "mla", "--smart", "2"], "excludes"),
+        ([teacher, "--plan", plan, "--out", out, "--smart-plan", tmp_path / "p.yaml"], "requires --smart"),
+        ([teacher, "--plan", plan, "--out", out, "--from-mla", tmp_path / "a"], "requires --assemble"),
+    ]:
+        r = run_hylo(*args)
+        assert r.returncode != 0 and needle in r.stderr, (args, r.stderr)
+        assert not out.exists()
+
+    # A hylo checkpoint (config.json with a `hybrid` block) as the teacher.
+    stage1 = tmp_path / "stage1-linear"
+    r = run_hylo(teacher, "--plan", plan, "--stage1", "linear", "--out", stage1, "--calibration-tokens", "0")
+    assert r.returncode == 0, r.stderr
+    r = run_hylo(stage1, "--plan", plan, "--out", out, "--calibration-tokens", "0")
+    assert r.returncode == 1 and "'hybrid' block" in r.stderr and "must be a Transformer" in r.stderr, r.stderr
+    assert "SVD" not in r.stderr and not out.exists()
+    # An AMD-layout hybrid: hybrid_config.json beside a Transformer-looking config.json.
+    amd = tmp_path / "amd"
+    shutil.copytree(teacher, amd)
+    (amd / "hybrid_config.json").write_text(json.dumps({"mla_layers": [1, 3]}))
+    r = run_hylo(amd, "--plan", plan, "--out", out, "--calibration-tokens", "0")
+    assert r.returncode == 1 and "hybrid_config.json" in r.stderr and "must be a Transformer" in r.stderr, r.stderr
+    assert not out.exists()
