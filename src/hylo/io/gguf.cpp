@@ -4,8 +4,10 @@
 //   tensor_count x { string name, u32 n_dims, u64 dims[n_dims], u32 ggml_type, u64 offset },
 //   padding to `general.alignment` (default 32), then the data section; each tensor at data + offset.
 // Strings are u64 length + bytes; arrays are u32 element type + u64 count + elements (arrays may nest).
-// Every length is checked against the bytes that remain before anything is allocated, so a hostile count
-// costs nothing; every tensor span is checked against the file before dequantization reads it.
+// Every length is checked against the bytes that remain before anything is allocated, so a count can not ask
+// for more elements than the file has bytes. That still lets a file of N bytes cost ~48 bytes of memory per
+// byte as metadata array elements (one GgufValue each), so the total number of array elements in a file is
+// capped as well (kMaxArrayElements). Every tensor span is checked against the file before dequantization.
 #include "hylo/io/gguf.h"
 
 #include "hylo/io/span_check.h"
@@ -23,6 +25,9 @@ constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as little-endian u32
 constexpr uint64_t kDefaultAlignment = 32;
 constexpr int kMaxArrayNesting = 8;         // real files nest at most 1 level; bounds recursion
 constexpr uint32_t kMaxDims = 4;            // GGML_MAX_DIMS
+// Total metadata array elements in one file, nested arrays included: 64M x ~48 B per GgufValue is ~3 GB, far
+// above a real vocabulary (Qwen3: 151,669 tokens and 151,387 merges) and a hard stop for a hostile file.
+constexpr uint64_t kMaxArrayElements = 64ull << 20;
 
 using namespace gguf_value;
 
@@ -76,6 +81,7 @@ class Cursor {
   Cursor(std::span<const std::byte> bytes, std::string where) : b_(bytes), where_(std::move(where)) {}
   uint64_t pos() const { return pos_; }
   uint64_t remaining() const { return b_.size() - pos_; }
+  uint64_t array_elements = 0;  // metadata array elements read so far (all keys), against kMaxArrayElements
   const std::string& where() const { return where_; }
 
   Status need(uint64_t n, const std::string& what) const {
@@ -152,6 +158,11 @@ Result<GgufValue> read_array(Cursor& c, const std::string& what, int depth) {
     return make_error(c.where() + ": " + what + ": array length " + std::to_string(count) + " of " +
                       value_type_name(elem_type) + " cannot fit in the " + std::to_string(c.remaining()) +
                       " bytes left in the file");
+  if (count > kMaxArrayElements - c.array_elements)
+    return make_error(c.where() + ": " + what + ": array length " + std::to_string(count) + " brings the file's " +
+                      "metadata array elements past the limit of " + std::to_string(kMaxArrayElements) +
+                      " (each costs ~" + std::to_string(sizeof(GgufValue)) + " bytes of memory)");
+  c.array_elements += count;
   GgufArray arr;
   arr.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {

@@ -227,6 +227,15 @@ TEST(Gguf, BrokenFiles) {
     g.kv_raw("tokenizer.ggml.token_type", testing::kArray, v);
     expect_error(p, g.build(), {"tokenizer.ggml.token_type", "array length"});
   }
+  {  // An array that fits in the file (64 MiB + 1 one-byte elements) but exceeds the total element cap.
+    GgufBuilder g;
+    Bytes v;
+    testing::put<uint32_t>(v, testing::kU8);
+    testing::put<uint64_t>(v, (64ull << 20) + 1);
+    v.resize(v.size() + (64ull << 20) + 1);
+    g.kv_raw("tokenizer.ggml.scores", testing::kArray, v);
+    expect_error(p, g.build(), {"tokenizer.ggml.scores", "array length 67108865", "limit of 67108864"});
+  }
   {  // ... of strings too.
     GgufBuilder g;
     Bytes v;
