@@ -85,8 +85,9 @@ CommandRun setup(CLI::App& app) {
   app.add_flag("--hf-names", o->hf_names, "Hugging Face tensor names and layout (undoes llama.cpp's q/k permutation)");
   app.add_flag("--metadata", o->metadata, "print the metadata as JSON on stdout");
   return [o]() -> int {
-    if (o->out.empty() && !o->metadata) throw Error("gguf-dump: nothing to do (give --out and/or --metadata)");
+    // The specific complaint first: --hf-names alone is a request, just an incomplete one.
     if (o->hf_names && o->out.empty()) throw Error("gguf-dump: --hf-names names the tensors written by --out; give --out");
+    if (o->out.empty() && !o->metadata) throw Error("gguf-dump: nothing to do (give --out and/or --metadata)");
     return run_gguf_dump(o->in, o->out, o->hf_names, o->metadata);
   };
 }
