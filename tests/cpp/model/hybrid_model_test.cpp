@@ -30,6 +30,23 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
 };
 
+// The small MLA of these tests: 4 heads in 2 KV groups, nope 8 + rope 4, v 8, YaRN x4 over 32 positions.
+MlaSpec tiny_mla(int64_t q_rank, int64_t kv_rank) {
+  MlaSpec m;
+  m.num_heads = 4;
+  m.q_lora_rank = q_rank;
+  m.kv_lora_rank = kv_rank;
+  m.qk_nope_head_dim = 8;
+  m.qk_rope_head_dim = 4;
+  m.v_head_dim = 8;
+  m.num_kv_groups = 2;
+  m.rope.theta = 10000.0;
+  m.rope.type = "yarn";
+  m.rope.factor = 4.0;
+  m.rope.original_max_position_embeddings = 32;
+  return m;
+}
+
 ModelConfig mixed_config() {
   nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}}, {"vocab_size", 101}, {"hidden_size", 48},
                       {"intermediate_size", 64}, {"num_hidden_layers", 4}, {"num_attention_heads", 4},
@@ -38,20 +55,8 @@ ModelConfig mixed_config() {
                       {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}}}};
   ModelConfig c = model_config_from_hf_json(j, "mixed").value_or_throw();
   // Layer 0 stays gqa; 1 becomes MLA (YaRN on its rope slice), 2 GDN, 3 Mamba2.
-  LayerSpec& mla = c.layers[1];
-  mla.mixer = MixerKind::kMla;
-  mla.mla = MlaSpec{};
-  mla.mla.num_heads = 4;
-  mla.mla.q_lora_rank = 16;
-  mla.mla.kv_lora_rank = 12;
-  mla.mla.qk_nope_head_dim = 8;
-  mla.mla.qk_rope_head_dim = 4;
-  mla.mla.v_head_dim = 8;
-  mla.mla.num_kv_groups = 2;
-  mla.mla.rope.theta = 10000.0;
-  mla.mla.rope.type = "yarn";
-  mla.mla.rope.factor = 4.0;
-  mla.mla.rope.original_max_position_embeddings = 32;
+  c.layers[1].mixer = MixerKind::kMla;
+  c.layers[1].mla = tiny_mla(/*q_rank=*/16, /*kv_rank=*/12);
   LayerSpec& gdn = c.layers[2];
   gdn.mixer = MixerKind::kGdn;
   gdn.gdn.num_heads = 2;
@@ -159,18 +164,7 @@ ModelConfig amd_equivalent_config(MixerKind linear) {
     LayerSpec& l = c.layers[i];
     if (i == 1 || i == 3) {
       l.mixer = MixerKind::kMla;
-      l.mla = MlaSpec{};
-      l.mla.num_heads = 4;
-      l.mla.q_lora_rank = i == 3 ? 24 : 16;
-      l.mla.kv_lora_rank = i == 3 ? 8 : 12;
-      l.mla.qk_nope_head_dim = 8;
-      l.mla.qk_rope_head_dim = 4;
-      l.mla.v_head_dim = 8;
-      l.mla.num_kv_groups = 2;
-      l.mla.rope.theta = 10000.0;
-      l.mla.rope.type = "yarn";
-      l.mla.rope.factor = 4.0;
-      l.mla.rope.original_max_position_embeddings = 32;
+      l.mla = i == 3 ? tiny_mla(/*q_rank=*/24, /*kv_rank=*/8) : tiny_mla(/*q_rank=*/16, /*kv_rank=*/12);
     } else if (linear == MixerKind::kGdn) {
       l.mixer = MixerKind::kGdn;
       l.gdn = GdnSpec{};
