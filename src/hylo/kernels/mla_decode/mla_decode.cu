@@ -30,6 +30,7 @@ struct SplitParams {
   int64_t ckv_sb, ckv_ss, kpe_sb, kpe_ss;
   const int* lengths;  // [B] or null (S everywhere)
   int S, H, R, m_tiles, num_splits, chunk, stages;
+  bool fused_rows;    // k_pe columns directly follow c_kv's in memory: one copy per latent row
   float scale_log2;   // softmax scale * log2(e): scores are kept in base 2
   float* o_part;      // [B, splits, H, C] fp32, normalised per split
   float* lse_part;    // [B, splits, H] fp32, base-2 log-sum-exp of the split's scaled scores (-inf: empty)
@@ -39,26 +40,32 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros (rows past the split's end).
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+// The latent tiles arrive by the bulk copy engine (cp.async.bulk, one copy per row and source, issued by one
+// warp), each stage of the ring completing an mbarrier with the bytes it carried.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
 }
-// wait_group takes an immediate; the ring depth is chosen at launch, so dispatch over the few depths used.
-__device__ __forceinline__ void cp_async_wait_dyn(int pending) {
-  switch (pending) {
-    case 0: cp_async_wait<0>(); break;
-    case 1: cp_async_wait<1>(); break;
-    case 2: cp_async_wait<2>(); break;
-    case 3: cp_async_wait<3>(); break;
-    case 4: cp_async_wait<4>(); break;
-    case 5: cp_async_wait<5>(); break;
-    default: cp_async_wait<6>(); break;
-  }
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT_%=;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
@@ -84,6 +91,7 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
 }
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int kMaxStages = 6;
 
 // Shared memory rows are padded by 8 elements (16 bytes): with widths a multiple of 16 elements the row pitch is an
 // odd multiple of 16 bytes, so the 8 rows of one ldmatrix land in distinct bank groups.
@@ -105,6 +113,7 @@ __global__ void __launch_bounds__(512, 1) mla_decode_split_kernel(const SplitPar
   bf16* s_k = s_q + hb_rows * lds;                   // [stages][TN][lds]
   bf16* s_p = s_k + p.stages * TN * lds;             // [hb_rows][ldp]
   float* s_red = reinterpret_cast<float*>(s_p + hb_rows * ldp);  // [m_tiles][4][16]
+  __shared__ __align__(8) uint64_t s_bar[kMaxStages];             // one mbarrier per ring stage
 
   const int b = blockIdx.z, split = blockIdx.y, h0 = blockIdx.x * hb_rows;
   const int len = p.lengths != nullptr ? min(max(p.lengths[b], 0), p.S) : p.S;
@@ -128,20 +137,33 @@ __global__ void __launch_bounds__(512, 1) mla_decode_split_kernel(const SplitPar
 
   const bf16* ckv_b = p.ckv + int64_t(b) * p.ckv_sb;
   const bf16* kpe_b = p.kpe + int64_t(b) * p.kpe_sb;
-  auto load_tile = [&](int tile, int stage) {
-    const int t0 = s_begin + tile * TN;
+  // Rows past the split's end are never copied; the ring starts zeroed, so such rows hold zeros or an earlier
+  // tile's (finite) latent, and their probabilities are exactly 0.
+  for (int i = tid; i < p.stages * TN * lds / 8; i += nthreads) reinterpret_cast<uint4*>(s_k)[i] = make_uint4(0, 0, 0, 0);
+  if (tid == 0) {
+    for (int s = 0; s < p.stages; ++s) mbar_init(&s_bar[s], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the zeros are ordered before the copies
+  __syncthreads();
+  // Every thread issues at most a row or two per tile (the copy engine's per-copy cost, not the bytes, limits
+  // narrow rows, so rows are copied whole when the cache holds [c_kv ; k_pe] side by side). The stage's barrier
+  // has one arrival, thread 0's expect_tx; copies completing before it cannot complete the phase.
+  auto issue_tile = [&](int tile, int stage) {
+    const int t0 = s_begin + tile * TN, rows = min(TN, s_end - t0);
+    if (tid == 0) mbar_expect_tx(&s_bar[stage], uint32_t(rows) * W * 2);
     bf16* dst = s_k + stage * TN * lds;
-    for (int i = tid; i < TN * row_chunks; i += nthreads) {
-      const int r = i / row_chunks, col = (i - r * row_chunks) * 8, t = t0 + r;
-      const bool valid = t < s_end;
-      const bf16* src = col < C ? ckv_b + int64_t(t) * p.ckv_ss + col : kpe_b + int64_t(t) * p.kpe_ss + (col - C);
-      cp_async_16(dst + r * lds + col, valid ? src : p.ckv, valid ? 16 : 0);
+    for (int r = tid; r < rows; r += nthreads) {
+      const bf16* src = ckv_b + int64_t(t0 + r) * p.ckv_ss;
+      if (p.fused_rows) {
+        bulk_copy_g2s(dst + r * lds, src, W * 2, &s_bar[stage]);
+      } else {
+        bulk_copy_g2s(dst + r * lds, src, C * 2, &s_bar[stage]);
+        bulk_copy_g2s(dst + r * lds + C, kpe_b + int64_t(t0 + r) * p.kpe_ss, p.R * 2, &s_bar[stage]);
+      }
     }
   };
-  for (int s = 0; s < p.stages - 1; ++s) {
-    if (s < ntiles) load_tile(s, s);
-    cp_async_commit();
-  }
+  for (int s = 0; s < p.stages - 1 && s < ntiles; ++s) issue_tile(s, s);
 
   float m_run[2] = {kNegInf, kNegInf};  // running max of rows g, g+8 (base-2 scaled scores), same in all 4 warps
   float l_run[2] = {0.f, 0.f};          // this thread's share of the running sum of probabilities
@@ -152,20 +174,35 @@ __global__ void __launch_bounds__(512, 1) mla_decode_split_kernel(const SplitPar
   const bf16* q_rows = s_q + (mt * 16) * lds;
   const bf16* p_rows = s_p + (mt * 16) * ldp;
   for (int tile = 0; tile < ntiles; ++tile) {
-    cp_async_wait_dyn(p.stages - 2);
-    __syncthreads();  // tile is visible to all; everyone is done with the stage refilled next
+    mbar_wait(&s_bar[tile % p.stages], uint32_t(tile / p.stages) & 1u);
+    __syncthreads();  // everyone is done with the stage refilled next (tile - 1's)
     {
       const int next = tile + p.stages - 1;
-      if (next < ntiles) load_tile(next, next % p.stages);
-      cp_async_commit();
+      if (next < ntiles) issue_tile(next, next % p.stages);
     }
     const bf16* k_rows = s_k + (tile % p.stages) * TN * lds;
 
     // 1. scores of 16 heads x TN/4 tokens over all W dims.
-    float sc[NTW][4];
+    float sc[NTW][4], sc2[NTW][4];  // two chains over alternating k-steps, so consecutive mma do not wait
 #pragma unroll
-    for (int j = 0; j < NTW; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-    for (int k0 = 0; k0 < W; k0 += 16) {
+    for (int j = 0; j < NTW; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[j][e] = sc2[j][e] = 0.f;
+    int k0 = 0;
+#pragma unroll 2
+    for (; k0 + 32 <= W; k0 += 32) {
+      uint32_t a[4], a2[4];
+      ldmatrix_x4(a, q_rows + (lane & 15) * lds + k0 + (lane >> 4) * 8);
+      ldmatrix_x4(a2, q_rows + (lane & 15) * lds + k0 + 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int j = 0; j < NTW; ++j) {
+        uint32_t bb[4];  // k-steps k0 and k0 + 16 of one n-tile
+        ldmatrix_x4(bb, k_rows + (wq * (TN / 4) + j * 8 + (lane & 7)) * lds + k0 + (lane >> 3) * 8);
+        mma_bf16(sc[j], a, bb[0], bb[1]);
+        mma_bf16(sc2[j], a2, bb[2], bb[3]);
+      }
+    }
+    if (k0 < W) {
       uint32_t a[4];
       ldmatrix_x4(a, q_rows + (lane & 15) * lds + k0 + (lane >> 4) * 8);
 #pragma unroll
@@ -175,6 +212,10 @@ __global__ void __launch_bounds__(512, 1) mla_decode_split_kernel(const SplitPar
         mma_bf16(sc[j], a, bb[0], bb[1]);
       }
     }
+#pragma unroll
+    for (int j = 0; j < NTW; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[j][e] += sc2[j][e];
 
     // 2. online softmax. Fragment element e of n-tile j: row g + 8*(e>>1), token 2*t4 + (e&1).
     const int tok0 = s_begin + tile * TN + wq * (TN / 4);
@@ -246,7 +287,6 @@ __global__ void __launch_bounds__(512, 1) mla_decode_split_kernel(const SplitPar
       }
     }
   }
-  cp_async_wait<0>();
 
   // Row sums: across the quad, then across the 4 warps of the m-tile.
 #pragma unroll
@@ -277,30 +317,52 @@ __global__ void __launch_bounds__(512, 1) mla_decode_split_kernel(const SplitPar
   }
 }
 
-// out[b, h, :] = sum_s w_s o_part[b, s, h, :] with w_s = 2^(lse_s - max) / sum; one CTA per (head, sequence),
-// 4 latent dims per thread.
-__global__ void mla_decode_combine_kernel(const float* __restrict__ o_part, const float* __restrict__ lse_part,
-                                          bf16* __restrict__ out, int num_splits, int H, int C) {
-  const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x * 4;
+// out[b, h, :] = sum_s w_s o_part[b, s, h, :] with w_s = 2^(lse_s - max) / sum; one CTA per (head, sequence).
+// The weights go to shared memory first; then thread groups of C/4 threads (4 dims each) sum interleaved splits,
+// so the many independent loads are in flight together, and the groups' sums are added last.
+constexpr int kCombineThreads = 256;
+__global__ void __launch_bounds__(kCombineThreads) mla_decode_combine_kernel(const float* __restrict__ o_part,
+                                                                            const float* __restrict__ lse_part,
+                                                                            bf16* __restrict__ out, int num_splits,
+                                                                            int H, int C) {
+  extern __shared__ __align__(16) float s_comb[];
+  float* w = s_comb;                                  // [splits] weights
+  float* part = s_comb + ((num_splits + 3) & ~3);     // [groups][C] group sums
+  const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
   const float* lse = lse_part + int64_t(b) * num_splits * H + h;
+  for (int s = tid; s < num_splits; s += kCombineThreads) w[s] = lse[int64_t(s) * H];
+  __syncthreads();
   float mx = kNegInf;
-  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, lse[int64_t(s) * H]);
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, w[s]);
+  __syncthreads();
+  for (int s = tid; s < num_splits; s += kCombineThreads) w[s] = mx == kNegInf ? 0.f : exp2f(w[s] - mx);
+  __syncthreads();
   float den = 0.f;
-  if (mx != kNegInf) {
-    for (int s = 0; s < num_splits; ++s) {
-      const float l = lse[int64_t(s) * H];
-      if (l == kNegInf) continue;
-      const float w = exp2f(l - mx);
-      const float4 o = *reinterpret_cast<const float4*>(o_part + ((int64_t(b) * num_splits + s) * H + h) * C + d);
-      den += w;
-      acc.x += w * o.x, acc.y += w * o.y, acc.z += w * o.z, acc.w += w * o.w;
+  for (int s = 0; s < num_splits; ++s) den += w[s];
+  const int dq = C / 4, groups = kCombineThreads / dq, g = tid / dq, d = (tid % dq) * 4;
+  if (g < groups) {
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    const float* o = o_part + (int64_t(b) * num_splits * H + h) * C + d;
+#pragma unroll 4
+    for (int s = g; s < num_splits; s += groups) {
+      const float ws = w[s];
+      const float4 v = *reinterpret_cast<const float4*>(o + int64_t(s) * H * C);
+      acc.x += ws * v.x, acc.y += ws * v.y, acc.z += ws * v.z, acc.w += ws * v.w;
     }
+    *reinterpret_cast<float4*>(part + g * C + d) = acc;
   }
-  const float inv = den > 0.f ? 1.f / den : 0.f;
-  bf16* dst = out + (int64_t(b) * H + h) * C + d;
-  *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
-  *reinterpret_cast<__nv_bfloat162*>(dst + 2) = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
+  __syncthreads();
+  if (g == 0) {
+    float4 acc = *reinterpret_cast<const float4*>(part + d);
+    for (int q = 1; q < groups; ++q) {
+      const float4 v = *reinterpret_cast<const float4*>(part + q * C + d);
+      acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+    }
+    const float inv = den > 0.f ? 1.f / den : 0.f;
+    bf16* dst = out + (int64_t(b) * H + h) * C + d;
+    *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+    *reinterpret_cast<__nv_bfloat162*>(dst + 2) = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
+  }
 }
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
@@ -319,7 +381,11 @@ void launch(const SplitParams& base, int batch, int head_blocks, int64_t smem_fi
   const int threads = 128 * p.m_tiles;
   const int64_t smem = smem_fixed + smem_stage * p.stages;
   auto kernel = mla_decode_split_kernel<C, TN>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  static int smem_set = 0;  // the largest dynamic shared memory granted to this instantiation so far
+  if (smem > smem_set) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    smem_set = int(smem);
+  }
   kernel<<<dim3(head_blocks, p.num_splits, batch), threads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -358,19 +424,26 @@ at::Tensor mla_latent_decode(const at::Tensor& q_lat, const at::Tensor& q_pe, co
   at::Tensor ql = q_lat.contiguous(), qp = q_pe.contiguous();
   at::Tensor lens = lengths.defined() ? lengths.contiguous() : at::Tensor();
 
-  // Head blocks of at most 64 heads, as even as possible.
-  const int head_blocks = int((heads + 63) / 64);
-  const int m_tiles = int(((heads + head_blocks - 1) / head_blocks + 15) / 16);
+  // Head blocks of at most 64 heads (4 warps per 16). Two CTAs per SM where a ring of >= 2 tiles fits twice, so
+  // one CTA's softmax and syncs overlap the other's copies: the largest head block for which that holds, even if
+  // it takes more head blocks (their CTAs run side by side on the same split, so the latent comes from L2 after
+  // the first); else one CTA per SM with a deeper ring.
   const int tn = tile_tokens(int(c));
   const int w = int(c + r), lds = padded(w);
-  const int64_t smem_fixed = int64_t(16 * m_tiles) * (lds + padded(tn)) * 2 + int64_t(m_tiles) * 4 * 16 * 4;
   const int64_t smem_stage = int64_t(tn) * lds * 2;
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  // Narrow latents: two CTAs per SM, so one CTA's softmax and syncs overlap the other's loads; wide ones: one CTA
-  // with a deeper ring.
-  const int ctas_per_sm = w <= 320 ? 2 : 1;
-  const int64_t smem_budget = std::min<int64_t>(prop->sharedMemPerBlockOptin, 200 * 1024) / ctas_per_sm;
-  const int stages = int(std::clamp<int64_t>((smem_budget - smem_fixed) / smem_stage, 2, 6));
+  const int64_t smem_budget = std::min<int64_t>(prop->sharedMemPerBlockOptin, 200 * 1024);
+  auto smem_fixed_for = [&](int mt) { return int64_t(16 * mt) * (lds + padded(tn)) * 2 + int64_t(mt) * 4 * 16 * 4; };
+  int m_tiles = int(std::min<int64_t>(4, (heads + 15) / 16));
+  int ctas_per_sm = 1;
+  for (int mt = m_tiles; mt >= 1; --mt)
+    if ((smem_budget / 2 - smem_fixed_for(mt)) / smem_stage >= 2) {
+      m_tiles = mt, ctas_per_sm = 2;
+      break;
+    }
+  const int head_blocks = int((heads + 16 * m_tiles - 1) / (16 * m_tiles));
+  const int64_t smem_fixed = smem_fixed_for(m_tiles);
+  const int stages = int(std::clamp<int64_t>((smem_budget / ctas_per_sm - smem_fixed) / smem_stage, 2, kMaxStages));
 
   // Splits: one wave of CTAs over the SMs, at least one tile per split.
   const int64_t tiles = (s + tn - 1) / tn;
@@ -380,7 +453,7 @@ at::Tensor mla_latent_decode(const at::Tensor& q_lat, const at::Tensor& q_pe, co
   splits = std::clamp<int64_t>(splits, 1, tiles);
   const int64_t chunk = ((tiles + splits - 1) / splits) * tn;
   splits = (s + chunk - 1) / chunk;
-  TORCH_CHECK(splits < 65536 && batch < 65536, "mla_latent_decode: grid too large");
+  TORCH_CHECK(splits <= 4096 && batch < 65536, "mla_latent_decode: at most 4096 splits and 65535 sequences");
 
   at::TensorOptions f32 = q_lat.options().dtype(at::kFloat);
   at::Tensor o_part = at::empty({batch, splits, heads, c}, f32);  // [B, splits, H, Rkv]
@@ -395,6 +468,8 @@ at::Tensor mla_latent_decode(const at::Tensor& q_lat, const at::Tensor& q_pe, co
   p.lengths = lens.defined() ? lens.data_ptr<int>() : nullptr;
   p.S = int(s), p.H = int(heads), p.R = int(r), p.m_tiles = m_tiles, p.num_splits = int(splits);
   p.chunk = int(chunk), p.stages = stages;
+  p.fused_rows = k_pe.data_ptr() == static_cast<const void*>(p.ckv + c) && k_pe.stride(0) == c_kv.stride(0) &&
+                 k_pe.stride(1) == c_kv.stride(1);
   p.scale_log2 = float(scale * M_LOG2E);
   p.o_part = o_part.data_ptr<float>();
   p.lse_part = lse_part.data_ptr<float>();
@@ -411,7 +486,8 @@ at::Tensor mla_latent_decode(const at::Tensor& q_lat, const at::Tensor& q_pe, co
     case 512: launch<512>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
     default: TORCH_CHECK(false, "mla_latent_decode: latent width ", c, " not instantiated");
   }
-  mla_decode_combine_kernel<<<dim3(unsigned(heads), unsigned(batch)), unsigned(c / 4), 0, stream>>>(
+  const int64_t comb_smem = (((splits + 3) & ~int64_t{3}) + (kCombineThreads / (c / 4)) * c) * 4;
+  mla_decode_combine_kernel<<<dim3(unsigned(heads), unsigned(batch)), kCombineThreads, comb_smem, stream>>>(
       p.o_part, p.lse_part, reinterpret_cast<bf16*>(out.data_ptr()), int(splits), int(heads), int(c));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
