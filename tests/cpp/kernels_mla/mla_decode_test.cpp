@@ -89,7 +89,7 @@ void check_kernel(const Shape& sh, int64_t splits, uint64_t seed) {
 TEST(MlaDecodeKernel, MatchesReferenceAcrossWidthsLengthsAndHeads) {
   REQUIRE_CUDA();
   const int64_t widths[][2] = {{128, 32}, {128, 64}, {256, 64}, {512, 64}};
-  const int64_t lengths[] = {1, 7, 31, 33, 63, 65, 129, 4097};
+  const int64_t lengths[] = {1, 7, 31, 33, 63, 65, 127, 129, 4097};
   const int64_t heads[] = {1, 9, 16, 32};
   uint64_t seed = 100;
   for (const auto& w : widths)

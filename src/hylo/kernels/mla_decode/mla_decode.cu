@@ -97,12 +97,13 @@ constexpr int kMaxStages = 6;
 // odd multiple of 16 bytes, so the 8 rows of one ldmatrix land in distinct bank groups.
 __host__ __device__ constexpr int padded(int width) { return width + 8; }
 
-// Tokens per latent tile: 64 for narrow latents, 32 from Rkv 256 on so that a ring of several tiles still fits.
-__host__ __device__ constexpr int tile_tokens(int c) { return c >= 256 ? 32 : 64; }
+// Tokens per latent tile: chosen at launch as the largest of 128, 64, 32 tokens whose ring of >= 2 tiles fits
+// twice per SM (the per-tile syncs and softmax cost the same for any width, so narrow latents want more tokens).
+__host__ __device__ constexpr int max_tile_tokens(int c) { return c <= 128 ? 128 : c <= 256 ? 64 : 32; }
 
 template <int C, int TN>
 __global__ void __launch_bounds__(512, 1) mla_decode_split_kernel(const SplitParams p) {
-  static_assert(C % 64 == 0 && (TN == 32 || TN == 64), "latent width must split into 4 warps x 16 dims");
+  static_assert(C % 64 == 0 && (TN == 32 || TN == 64 || TN == 128), "latent width must split into 4 warps x 16 dims");
   constexpr int NTW = TN / 32;  // score n-tiles (8 tokens) per warp
   constexpr int DW = C / 4;     // latent dims per warp in the ctx product
   constexpr int NACC = DW / 8;  // ctx n-tiles per warp
@@ -373,10 +374,9 @@ bool cache_operand_ok(const at::Tensor& t) {
          (t.size(1) <= 1 || t.stride(1) % 8 == 0) && (t.size(0) <= 1 || t.stride(0) % 8 == 0) && aligned16(t);
 }
 
-template <int C>
-void launch(const SplitParams& base, int batch, int head_blocks, int64_t smem_fixed, int64_t smem_stage,
-            cudaStream_t stream) {
-  constexpr int TN = tile_tokens(C);
+template <int C, int TN>
+void launch_tn(const SplitParams& base, int batch, int head_blocks, int64_t smem_fixed, int64_t smem_stage,
+               cudaStream_t stream) {
   SplitParams p = base;
   const int threads = 128 * p.m_tiles;
   const int64_t smem = smem_fixed + smem_stage * p.stages;
@@ -388,6 +388,16 @@ void launch(const SplitParams& base, int batch, int head_blocks, int64_t smem_fi
   }
   kernel<<<dim3(head_blocks, p.num_splits, batch), threads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int C>
+void launch(int tn, const SplitParams& p, int batch, int head_blocks, int64_t smem_fixed, int64_t smem_stage,
+            cudaStream_t stream) {
+  if constexpr (max_tile_tokens(C) >= 128)
+    if (tn == 128) return launch_tn<C, 128>(p, batch, head_blocks, smem_fixed, smem_stage, stream);
+  if constexpr (max_tile_tokens(C) >= 64)
+    if (tn == 64) return launch_tn<C, 64>(p, batch, head_blocks, smem_fixed, smem_stage, stream);
+  launch_tn<C, 32>(p, batch, head_blocks, smem_fixed, smem_stage, stream);
 }
 
 }  // namespace
@@ -428,12 +438,13 @@ at::Tensor mla_latent_decode(const at::Tensor& q_lat, const at::Tensor& q_pe, co
   // one CTA's softmax and syncs overlap the other's copies: the largest head block for which that holds, even if
   // it takes more head blocks (their CTAs run side by side on the same split, so the latent comes from L2 after
   // the first); else one CTA per SM with a deeper ring.
-  const int tn = tile_tokens(int(c));
   const int w = int(c + r), lds = padded(w);
-  const int64_t smem_stage = int64_t(tn) * lds * 2;
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const int64_t smem_budget = std::min<int64_t>(prop->sharedMemPerBlockOptin, 200 * 1024);
+  int tn = max_tile_tokens(int(c));
   auto smem_fixed_for = [&](int mt) { return int64_t(16 * mt) * (lds + padded(tn)) * 2 + int64_t(mt) * 4 * 16 * 4; };
+  while (tn > 32 && (smem_budget / 2 - smem_fixed_for(1)) / (int64_t(tn) * lds * 2) < 2) tn /= 2;
+  const int64_t smem_stage = int64_t(tn) * lds * 2;
   int m_tiles = int(std::min<int64_t>(4, (heads + 15) / 16));
   int ctas_per_sm = 1;
   for (int mt = m_tiles; mt >= 1; --mt)
@@ -476,14 +487,14 @@ at::Tensor mla_latent_decode(const at::Tensor& q_lat, const at::Tensor& q_pe, co
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (c) {
-    case 64: launch<64>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
-    case 128: launch<128>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
-    case 192: launch<192>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
-    case 256: launch<256>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
-    case 320: launch<320>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
-    case 384: launch<384>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
-    case 448: launch<448>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
-    case 512: launch<512>(p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 64: launch<64>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 128: launch<128>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 192: launch<192>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 256: launch<256>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 320: launch<320>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 384: launch<384>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 448: launch<448>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
+    case 512: launch<512>(tn, p, int(batch), head_blocks, smem_fixed, smem_stage, stream); break;
     default: TORCH_CHECK(false, "mla_latent_decode: latent width ", c, " not instantiated");
   }
   const int64_t comb_smem = (((splits + 3) & ~int64_t{3}) + (kCombineThreads / (c / 4)) * c) * 4;
