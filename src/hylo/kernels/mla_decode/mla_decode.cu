@@ -1,6 +1,7 @@
 // Split-KV absorbed MLA decode and its log-sum-exp combine (mla_decode.h says what is computed; docs/kernels.md
 // how). One CTA = one sequence x one split of its context x one block of up to 64 heads (4 warps per 16 heads).
-// Per latent tile of TN tokens, streamed into shared memory by a cp.async ring of NST stages:
+// Per latent tile of TN (128, 64 or 32) tokens, streamed into a shared-memory ring of 2-6 stages by the bulk copy
+// engine (one copy per row, an mbarrier per stage):
 //   1. scores: warp (m, q) computes heads [16m, 16m+16) x tokens [q*TN/4, (q+1)*TN/4) over all Rkv+Dr dims;
 //   2. online softmax (base 2, fp32): tile maxima exchanged through shared memory, probabilities rounded to bf16
 //      into shared memory (they are the A operand of the next product, as the ATen form rounds them too);
