@@ -145,3 +145,67 @@ def test_limit_and_bad_files(setup):
                        capture_output=True, text=True)
     assert r.returncode != 0
     assert "line 1" in r.stderr and '"gold" 5 is outside [0, 2)' in r.stderr, r.stderr
+
+
+def lm_eval_gsm8k_filters(output):
+    """lm-eval gsm8k: strict-match and flexible-extract filters, then the exact_match normalisation."""
+    import re
+    strict = re.findall(r"#### (\-?[0-9\.\,]+)", output)
+    strict = strict[0] if strict else "[invalid]"
+    flex = re.findall(r"(-?[$0-9.,]{2,})|(-?[0-9]+)", output)
+    if flex:
+        flex = [m for m in flex[-1] if m]
+        flex = flex[0] if flex else "[invalid]"
+    else:
+        flex = "[invalid]"
+
+    def norm(s):
+        for pat in [",", "\\$", "(?s).*#### ", "\\.$"]:
+            s = re.sub(pat, "", s)
+        return s.lower()
+    return strict, flex, norm
+
+
+def test_cloze_generation_and_ruler_run_end_to_end(setup):
+    model, tok, model_dir, data, root = setup
+    text = root / "heldout.txt"
+    text.write_text(CORPUS[:4000], encoding="utf-8")
+    gen = root / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"})
+                           + "\n" for a, b in [(1, 2), (3, 4), (10, 20)]))
+    out = root / "e2e"
+    r = subprocess.run([HYLO, "eval", "--model", str(model_dir), "--name", "tiny", "--text", str(text),
+                        "--context", "64", "--stride", "32", "--cloze", str(text), "--cloze-items", "5",
+                        "--cloze-words", "30", "--gen", str(gen), "--num-fewshot", "1", "--max-new-tokens", "24",
+                        "--ruler", "niah_single_1,vt", "--lengths", "900", "--samples", "2", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "report.json").read_text())["models"][0]
+    # Perplexity: sliding windows of 64 by 32 predict every token but the first.
+    n_tokens = len(tok.encode(CORPUS[:4000]).ids)  # with <bos>, as hylo perplexity encodes
+    assert m["perplexity"]["predicted"] == n_tokens - 1
+    assert sum(b["count"] for b in m["perplexity"]["nll_by_position"]) == n_tokens - 1
+    assert m["perplexity"]["bits_per_byte"] > 0
+    assert m["cloze"]["n"] == 5 and 0 <= m["cloze"]["acc"] <= 1
+    samples = [json.loads(l) for l in (out / "samples-tiny.jsonl").read_text().splitlines()]
+    # Generation: hylo's extraction and matching equal lm-eval's regexes on the same outputs.
+    gens = [s for s in samples if s["section"] == "generation"]
+    assert len(gens) == 2
+    strict_hits = flex_hits = 0
+    for s, item in zip(gens, [(3, 4), (10, 20)]):
+        strict, flex, norm = lm_eval_gsm8k_filters(s["output"])
+        assert s["strict"] == strict and s["flexible"] == flex
+        ref = norm(f"x\n#### {sum(item)}")
+        strict_hits += norm(strict) == ref
+        flex_hits += norm(flex) == ref
+    g = m["generation"][str(gen)]
+    assert g["strict_match"] == strict_hits / 2 and g["flexible_extract"] == flex_hits / 2
+    # RULER: two tasks x one length x two samples, lengths within 1% of 900 in this tokenizer, scores in [0, 100].
+    rul = [s for s in samples if s["section"] == "ruler"]
+    assert len(rul) == 4
+    for task, ttg in [("niah_single_1", 128), ("vt", 30)]:
+        point = m["ruler"]["tasks"][task]["900"]
+        assert point["samples"] == 2 and 0 <= point["score"] <= 100
+        assert 891 <= point["mean_length"] <= 900
+    for name in ["report.md", "ruler.svg", "nll_by_position.svg"]:
+        assert (out / name).exists(), name
