@@ -12,12 +12,12 @@
 # Environment (all optional):
 #   HYLO_HELDOUT        held-out text file (default .deps/heldout.txt); use a slice the training data never sees
 #   HYLO_EVAL_LENGTHS   RULER lengths (default 1K,2K,4K,8K,16K,32K)
-#   HYLO_EVAL_SAMPLES   samples per task and length (default 10)
+#   HYLO_EVAL_SAMPLES   samples per task and length (default 5)
 #   HYLO_EVAL_TASKS     RULER tasks (default the six NIAH single / multi-key tasks)
 #   HYLO_EVAL_DTYPE     fp32 (default) or bf16
 #   HYLO_EVAL_DEVICE    cuda (default); cpu to try the script on the development machine with tiny settings
 #   HYLO_BIN, HYLO_TEACHER_GGUF   the binary and the teacher (defaults: build/cuda-release, the reassembled file)
-# Budget: about 360 greedy generations of <= 128 tokens after prompts of up to 32K tokens, plus ~100 forwards of
+# Budget: about 180 greedy generations of <= 128 tokens after prompts of up to 32K tokens, plus ~100 forwards of
 # 2K tokens: a few minutes on one H200 for a 135M model. Lower HYLO_EVAL_SAMPLES if the call's time is short.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -28,7 +28,7 @@ hylo="${HYLO_BIN:-$root/build/cuda-release/bin/hylo}"
 teacher="${HYLO_TEACHER_GGUF:-$HYLO_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 heldout="${HYLO_HELDOUT:-$root/.deps/heldout.txt}"
 lengths="${HYLO_EVAL_LENGTHS:-1K,2K,4K,8K,16K,32K}"
-samples="${HYLO_EVAL_SAMPLES:-10}"
+samples="${HYLO_EVAL_SAMPLES:-5}"
 tasks="${HYLO_EVAL_TASKS:-niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3}"
 dtype="${HYLO_EVAL_DTYPE:-fp32}"
 device="${HYLO_EVAL_DEVICE:-cuda}"

@@ -208,7 +208,14 @@ struct Haystack {
     size_t left = n;
     for (size_t i = 0; left > 0; ++i) {
       std::string unit = type == HaystackType::kNoise ? std::string(kNoiseSentence) : distractor(i);
-      if (unit.size() > left) unit.resize(left);
+      if (unit.size() > left) {
+        unit.resize(left);
+        // A noise line is cut at a word boundary (its words are short); a distractor at any character.
+        if (type == HaystackType::kNoise) unit.resize(std::min(unit.size(), unit.rfind(' ') == std::string::npos ? 0 : unit.rfind(' ')));
+        left = 0;
+        if (!unit.empty()) out.push_back(std::move(unit));
+        break;
+      }
       left -= unit.size();
       out.push_back(std::move(unit));
     }
