@@ -2,7 +2,8 @@
 # The teacher report of issue 10, run on the GPU machine: the SmolLM2 teacher's held-out perplexity with 2K
 # windows (with NLL by position) and RULER NIAH single 1-3 / multi-key 1-3 accuracy at 1K..32K, with the plots.
 # Writes report.json, report.md, ruler.svg (+ per-task charts) and nll_by_position.svg to $OUT/eval-teacher
-# (the device tool brings back at most 8 files, so the per-task charts are left out; report.json has their data).
+# (the device tool brings back at most 8 files, so the per-task charts are left out; report.json has their data),
+# and long/report.json + long/nll_by_position.svg: the same text in 32K windows (HYLO_EVAL_LONG_CONTEXT, 0 = skip).
 #
 # Run it in the same warm lease as scripts/device/check.sh, after check.sh has built build/cuda-release and
 # reassembled the teacher from its two carried parts (so no rebuild and no teacher transfer happens here):
@@ -37,7 +38,7 @@ say() { printf '[eval-teacher] %s\n' "$*"; }
 [[ -x "$hylo" ]] || { say "no $hylo: run scripts/device/check.sh build-test first"; exit 2; }
 [[ -f "$teacher" ]] || { say "no teacher at $teacher: run check.sh with both parts first"; exit 2; }
 [[ -f "$heldout" ]] || { say "no held-out text at $heldout: carry it (HYLO_HELDOUT)"; exit 2; }
-mkdir -p "$out"
+mkdir -p "$out" "$out/long"
 say "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1); teacher $(basename "$teacher");" \
     "held-out $(wc -c <"$heldout") bytes; lengths $lengths; $samples samples; $dtype"
 start=$(date +%s)
@@ -45,6 +46,14 @@ start=$(date +%s)
   --text "$heldout" --context 2048 \
   --ruler "$tasks" --lengths "$lengths" --samples "$samples" --seed 42 \
   --out "$out" 2>"$out/stderr.log"
+# The same held-out text in 32K windows, NLL by 2K-position buckets: where past its 8K training length the
+# teacher's NLL rises (a text shorter than 32K tokens gives one shorter window).
+long_ctx="${HYLO_EVAL_LONG_CONTEXT:-32768}"
+if [[ "$long_ctx" -gt 0 ]]; then
+  "$hylo" eval --model "$teacher" --name smollm2-135m-teacher --device "$device" --dtype "$dtype" \
+    --text "$heldout" --context "$long_ctx" --bucket 2048 --out "$out/long" 2>"$out/long/stderr.log" || true
+  rm -f "$out/long/report.md" "$out/long/stderr.log" "$out/long/samples-"*.jsonl
+fi
 say "done in $(( $(date +%s) - start )) s; files in $out:"
 ls -la "$out"
 # Only 8 files come back: keep the report, the two main charts, the samples and the log; the per-task charts
