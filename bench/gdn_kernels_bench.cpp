@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gdn_kernels_bench: no CUDA device\n");
     return 1;
   }
-  at::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // as generate/perplexity run: no autograd, so the ops may pick the kernels
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   const int64_t T = quick ? 8192 : 65536;
   {

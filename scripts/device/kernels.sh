@@ -104,8 +104,10 @@ build() {
 run_there() {
   local d; d="$(pwd)"
   local out="${OUT:-$d/out}"; mkdir -p "$out"
+  # libtorch from the machine's python3; libcudart from the CUDA toolkit or the nvidia-cuda-runtime wheel.
   local tl; tl="$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
-  export LD_LIBRARY_PATH="$d:$tl:${LD_LIBRARY_PATH:-}"
+  local rt; rt="$(python3 -c 'import nvidia.cuda_runtime as m,os;print(os.path.join(list(m.__path__)[0],"lib"))' 2>/dev/null)"
+  export LD_LIBRARY_PATH="$d:$tl:${rt:+$rt:}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
   export OMP_NUM_THREADS=4
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$out/machine.txt"
   local rc=0 t
@@ -128,7 +130,7 @@ case "$mode" in
   stage)
     dest="${1:?stage DIR}"
     src="$(cd "$here/../.." && pwd)/.devwork/kernels-bin"
-    mkdir -p "$dest" && rsync -a --delete "$src/" "$dest/" && du -sh "$dest" ;;
+    rm -rf "$dest" && mkdir -p "$dest" && cp -a "$src/." "$dest/" && du -sh "$dest" ;;
   run) run_there "$@" ;;
   *) sed -n 2,20p "${BASH_SOURCE[0]}"; exit 2 ;;
 esac
