@@ -76,6 +76,18 @@ int main(int argc, char** argv) {
   c10::InferenceMode inference;  // as generate/perplexity run: no autograd, so the ops may pick the kernels
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   const int64_t T = quick ? 8192 : 65536;
+  if (argc > 1 && std::string(argv[1]) == "--stages") {
+    // One warm call and one call per shape and segment count; with HYLO_GDN_STAGE_TIMES=1 set by the caller the
+    // launcher prints each stage's time (stderr).
+    for (auto [H, Dk, Dv] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{3, 128, 256}, {6, 256, 512}}) {
+      Inputs in = make_inputs(1, T, H, Dk, Dv);
+      for (int P : {0, 1, 8}) {
+        for (int i = 0; i < 2; ++i)
+          (void)hylo::kernels::gated_delta_chunk_cuda(in.q, in.k, in.v, in.g, in.beta, 0.1, in.state, P);
+      }
+    }
+    return 0;
+  }
   {
     const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
     at::Tensor a = at::randn({8192, 8192}, o), b = at::randn({8192, 8192}, o);

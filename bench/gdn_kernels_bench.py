@@ -9,6 +9,7 @@ are programs; the measured code on our side is the C++ binary).
   python3 bench/gdn_kernels_bench.py --ours build/kernels-dev/gdn_kernels_bench [--quick]
 """
 import argparse
+import os
 import subprocess
 import sys
 
@@ -57,6 +58,10 @@ def main():
     args = ap.parse_args()
 
     ours = {}
+    # Per-stage times of the chunk kernel (the launcher prints them when HYLO_GDN_STAGE_TIMES is set).
+    env = dict(os.environ, HYLO_GDN_STAGE_TIMES="1")
+    st = subprocess.run([args.ours, "--stages"], capture_output=True, text=True, env=env)
+    print("".join(l + "\n" for l in st.stderr.splitlines() if l.startswith("gdn_stages")), end="")
     res = subprocess.run([args.ours] + (["--quick"] if args.quick else []), capture_output=True, text=True)
     print(res.stdout, end="")
     if res.returncode != 0:

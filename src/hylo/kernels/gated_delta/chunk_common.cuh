@@ -6,6 +6,7 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace hylo::kernels::gdn {
 
@@ -49,26 +50,34 @@ __device__ __forceinline__ void store_tile_bf16(bf16* __restrict__ g, int64_t gs
   }
 }
 
-// D[M x N] (fp32, shared, ld dd) = A[M x K] * B[K x N] over 16x16 output tiles spread round-robin over the warps.
-// A is row-major (lda) or, with TransA, stored as A^T row-major; B is row-major (ldb) or, with TransB, B^T
-// row-major. All pointers are shared memory; M, N, K multiples of 16.
-template <bool TransA, bool TransB>
-__device__ __forceinline__ void gemm_tiles(float* d, int ldd, const bf16* a, int lda, const bf16* b, int ldb, int M,
-                                           int N, int K) {
+// D[M x N] (fp32, shared, ld dd) = A[M x K] * B[K x N] over 16x16 output tiles; warp w owns tiles w, w + 8, ...
+// and keeps them all in flight (independent accumulators, unrolled), so consecutive tensor-core ops of a warp do
+// not wait on each other. A is row-major (lda) or, with TransA, stored as A^T row-major; B is row-major (ldb) or,
+// with TransB, B^T row-major. All pointers are shared memory; (M/16)(N/16) a multiple of the warp count.
+template <bool TransA, bool TransB, int M, int N, int K>
+__device__ __forceinline__ void gemm_tiles(float* d, int ldd, const bf16* a, int lda, const bf16* b, int ldb) {
+  constexpr int tiles_n = N / 16, per_warp = (M / 16) * tiles_n / kWarps;
+  static_assert(per_warp * kWarps == (M / 16) * tiles_n, "tiles must split evenly over the warps");
   const int warp = threadIdx.x >> 5;
-  const int tiles_n = N / 16;
-  for (int tile = warp; tile < (M / 16) * tiles_n; tile += kWarps) {
-    const int m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int k0 = 0; k0 < K; k0 += 16) {
+  FragC acc[per_warp];
+#pragma unroll
+  for (int t = 0; t < per_warp; ++t) wmma::fill_fragment(acc[t], 0.0f);
+#pragma unroll 2
+  for (int k0 = 0; k0 < K; k0 += 16) {
+#pragma unroll
+    for (int t = 0; t < per_warp; ++t) {
+      const int tile = warp + t * kWarps, m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
       typename std::conditional<TransA, FragAT, FragA>::type fa;
       typename std::conditional<TransB, FragBT, FragB>::type fb;
       wmma::load_matrix_sync(fa, TransA ? a + k0 * lda + m0 : a + m0 * lda + k0, lda);
       wmma::load_matrix_sync(fb, TransB ? b + n0 * ldb + k0 : b + k0 * ldb + n0, ldb);
-      wmma::mma_sync(acc, fa, fb, acc);
+      wmma::mma_sync(acc[t], fa, fb, acc[t]);
     }
-    wmma::store_matrix_sync(d + m0 * ldd + n0, acc, ldd, wmma::mem_row_major);
+  }
+#pragma unroll
+  for (int t = 0; t < per_warp; ++t) {
+    const int tile = warp + t * kWarps, m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
+    wmma::store_matrix_sync(d + m0 * ldd + n0, acc[t], ldd, wmma::mem_row_major);
   }
 }
 

@@ -24,6 +24,8 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
@@ -51,17 +53,18 @@ struct PrepArgs {
 
 template <int DK>
 struct PrepSmem {
-  static constexpr int ldk = DK + kPad16, ldc32 = C + kPad32, ldc16 = C + kPad16, ldv = 64 + kPad16;
+  static constexpr int ldk = DK + kPad16, ldc32 = C + kPad32, ldc16 = C + kPad16;
   static constexpr int ldst = 64 + kPad32;
   static constexpr size_t k_off = 0;                                   // bf16 [C][ldk]  K
   static constexpr size_t a_off = k_off + sizeof(bf16) * C * ldk;      // fp32 [C][ldc32] K K^T, then A
   static constexpr size_t t_off = a_off + sizeof(float) * C * ldc32;   // fp32 [C][ldc32] T = (I + A)^-1
   static constexpr size_t tw_off = t_off + sizeof(float) * C * ldc32;  // bf16 [C][ldc16] T diag(beta e^gamma)
   static constexpr size_t tu_off = tw_off + sizeof(bf16) * C * ldc16;  // bf16 [C][ldc16] T diag(beta)
-  static constexpr size_t vs_off = tu_off + sizeof(bf16) * C * ldc16;  // bf16 [C][ldv]   a 64-column block of V
-  static constexpr size_t st_off = vs_off + sizeof(bf16) * C * ldv;    // fp32 [C][ldst]  output staging
-  static constexpr size_t g_off = st_off + sizeof(float) * C * ldst;   // fp32 [C] gamma, [C] beta
-  static constexpr size_t bytes = g_off + sizeof(float) * 2 * C;
+  static constexpr size_t st_off = a_off;  // fp32 [C][ldst] output staging, over A (dead once T is formed)
+  static_assert(ldst <= ldc32, "the staging tile must fit in A's space");
+  static constexpr size_t g_off = tu_off + sizeof(bf16) * C * ldc16;   // fp32 [C] gamma, [C] beta
+  static constexpr size_t vs_off = g_off + sizeof(float) * 2 * C;      // bf16 [C][Dv + 8] V (run-time width)
+  static size_t bytes(int64_t Dv) { return vs_off + sizeof(bf16) * C * (Dv + kPad16); }
 };
 
 template <int DK>
@@ -73,17 +76,22 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
   float* tm = reinterpret_cast<float*>(smem + S::t_off);
   bf16* tw = reinterpret_cast<bf16*>(smem + S::tw_off);
   bf16* tu = reinterpret_cast<bf16*>(smem + S::tu_off);
-  bf16* vs = reinterpret_cast<bf16*>(smem + S::vs_off);
   float* st = reinterpret_cast<float*>(smem + S::st_off);
   float* gam = reinterpret_cast<float*>(smem + S::g_off);
   float* bet = gam + C;
+  bf16* vs = reinterpret_cast<bf16*>(smem + S::vs_off);
 
   const int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
   const int64_t t0 = n * C;
   const int valid = static_cast<int>((a.T - t0 < C ? a.T - t0 : int64_t(C)));
   const int64_t row_stride_k = a.H * DK, row_stride_v = a.H * a.Dv;
 
-  load_tile(ks, S::ldk, a.k + ((b * a.T + t0) * a.H + h) * DK, row_stride_k, C, DK, valid);
+  // K and all of V in flight at once (cp.async); V lands while K K^T and the inverse are computed.
+  const int ldv = static_cast<int>(a.Dv) + kPad16;
+  load_tile_async(ks, S::ldk, a.k + ((b * a.T + t0) * a.H + h) * DK, row_stride_k, C, DK, valid);
+  cp_async_commit();
+  load_tile_async(vs, ldv, a.v + ((b * a.T + t0) * a.H + h) * a.Dv, row_stride_v, C, static_cast<int>(a.Dv), valid);
+  cp_async_commit();
   const int tid = threadIdx.x;
   if (tid < C) {
     const bool ok = tid < valid;
@@ -91,10 +99,12 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
     bet[tid] = ok ? a.beta[(b * a.T + t0 + tid) * a.H + h] : 0.0f;
   }
   __syncthreads();
+  asm volatile("cp.async.wait_group 1;\n" ::);  // K (the older group) has landed for this thread
+  __syncthreads();
   if (tid == 0)
     for (int i = 1; i < C; ++i) gam[i] += gam[i - 1];  // padded tokens add g = 0
   // K K^T (tensor cores) while thread 0 scans.
-  gemm_tiles<false, true>(am, S::ldc32, ks, S::ldk, ks, S::ldk, C, C, DK);
+  gemm_tiles<false, true, C, C, DK>(am, S::ldc32, ks, S::ldk, ks, S::ldk);
   __syncthreads();
 
   // A_ij = beta_i (K K^T)_ij exp(gamma_i - gamma_j) for j < i, else 0. gamma is non-increasing, so the exponent is
@@ -102,18 +112,30 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
   for (int i = tid; i < C * C; i += kThreads) {
     const int r = i / C, c = i % C;
     am[r * S::ldc32 + c] = c < r ? bet[r] * am[r * S::ldc32 + c] * __expf(gam[r] - gam[c]) : 0.0f;
+    tm[r * S::ldc32 + c] = 0.0f;
   }
   __syncthreads();
 
   // T = (I + A)^-1 by forward substitution, one column per thread (columns are independent):
   //   T_ij = delta_ij - sum_{m < i} A_im T_mj.
-  // All 64 threads walk the same (i, m) sequence, so the A_im reads are broadcasts; T_mj = 0 for m < j.
+  // All 64 threads walk the same (i, m) sequence, so the A_im reads are float4 broadcasts; four partial sums
+  // shorten the dependent chain. Rows of T not yet computed are zero and A_im = 0 for m >= i, so the
+  // rounding of the m loop up to a multiple of 4 adds exact zeros.
   if (tid < C) {
     const int j = tid;
+#pragma unroll
     for (int i = 0; i < C; ++i) {
-      float acc = (i == j) ? 1.0f : 0.0f;
-      for (int m = 0; m < i; ++m) acc -= am[i * S::ldc32 + m] * tm[m * S::ldc32 + j];
-      tm[i * S::ldc32 + j] = acc;
+      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+      const float* arow = am + i * S::ldc32;
+#pragma unroll
+      for (int m = 0; m < i; m += 4) {
+        const float4 av = *reinterpret_cast<const float4*>(arow + m);
+        s0 += av.x * tm[m * S::ldc32 + j];
+        s1 += av.y * tm[(m + 1) * S::ldc32 + j];
+        s2 += av.z * tm[(m + 2) * S::ldc32 + j];
+        s3 += av.w * tm[(m + 3) * S::ldc32 + j];
+      }
+      tm[i * S::ldc32 + j] = (i == j ? 1.0f : 0.0f) - ((s0 + s1) + (s2 + s3));
     }
   }
   __syncthreads();
@@ -128,17 +150,17 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
   // W = Tw K, in 64-column blocks through the fp32 staging tile.
   bf16* wout = a.w + (bh * a.NC + n) * C * DK;
   for (int c0 = 0; c0 < DK; c0 += 64) {
-    gemm_tiles<false, false>(st, S::ldst, tw, S::ldc16, ks + c0, S::ldk, C, 64, C);
+    gemm_tiles<false, false, C, 64, C>(st, S::ldst, tw, S::ldc16, ks + c0, S::ldk);
     __syncthreads();
     store_tile_bf16(wout + c0, DK, st, S::ldst, C, 64);
     __syncthreads();
   }
-  // U = Tu V, one 64-column block of V at a time.
+  // U = Tu V, in 64-column blocks.
+  cp_async_wait_all();
+  __syncthreads();
   bf16* uout = a.u + (bh * a.NC + n) * C * a.Dv;
   for (int c0 = 0; c0 < a.Dv; c0 += 64) {
-    load_tile(vs, S::ldv, a.v + ((b * a.T + t0) * a.H + h) * a.Dv + c0, row_stride_v, C, 64, valid);
-    __syncthreads();
-    gemm_tiles<false, false>(st, S::ldst, tu, S::ldc16, vs, S::ldv, C, 64, C);
+    gemm_tiles<false, false, C, 64, C>(st, S::ldst, tu, S::ldc16, vs + c0, ldv);
     __syncthreads();
     store_tile_bf16(uout + c0, a.Dv, st, S::ldst, C, 64);
     __syncthreads();
@@ -252,28 +274,37 @@ __global__ void __launch_bounds__(kThreads) state_kernel(StateArgs a) {
     }
     // v_new = U - W S^T ([C x BV], reduction over DK); each warp finishes its own tiles: v_new (fp32, for the
     // output pass) and the decayed bf16 copy that feeds the state update.
-    constexpr int tiles_v = BV / 16;
-    for (int tile = warp; tile < (C / 16) * tiles_v; tile += kWarps) {
-      const int m0 = (tile / tiles_v) * 16, n0 = (tile % tiles_v) * 16;
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
+    constexpr int tiles_v = BV / 16, per_warp1 = (C / 16) * tiles_v / kWarps;
+    static_assert(per_warp1 * kWarps == (C / 16) * tiles_v, "v_new tiles must split evenly over the warps");
+    {
+      FragC acc[per_warp1];
+#pragma unroll
+      for (int t = 0; t < per_warp1; ++t) wmma::fill_fragment(acc[t], 0.0f);
 #pragma unroll 4
       for (int k0 = 0; k0 < DK; k0 += 16) {
-        FragA fa;
-        FragBT fb;
-        wmma::load_matrix_sync(fa, wc + m0 * S::ldk + k0, S::ldk);
-        wmma::load_matrix_sync(fb, sb + n0 * S::ldk + k0, S::ldk);
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
-      wmma::store_matrix_sync(ps + m0 * S::ldv32 + n0, acc, S::ldv32, wmma::mem_row_major);
-      __syncwarp();
-      const int r = m0 + (lane >> 1), c = n0 + (lane & 1) * 8;
-      const float dec = __expf(gC - gc[r]);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float vn = (u ? __bfloat162float(uc[r * S::ldv16 + c + j]) : 0.0f) - ps[r * S::ldv32 + c + j];
-        ps[r * S::ldv32 + c + j] = vn;
-        vb[r * S::ldv16 + c + j] = __float2bfloat16(vn * dec);
+        for (int t = 0; t < per_warp1; ++t) {
+          const int tile = warp + t * kWarps, m0 = (tile / tiles_v) * 16, n0 = (tile % tiles_v) * 16;
+          FragA fa;
+          FragBT fb;
+          wmma::load_matrix_sync(fa, wc + m0 * S::ldk + k0, S::ldk);
+          wmma::load_matrix_sync(fb, sb + n0 * S::ldk + k0, S::ldk);
+          wmma::mma_sync(acc[t], fa, fb, acc[t]);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < per_warp1; ++t) {
+        const int tile = warp + t * kWarps, m0 = (tile / tiles_v) * 16, n0 = (tile % tiles_v) * 16;
+        wmma::store_matrix_sync(ps + m0 * S::ldv32 + n0, acc[t], S::ldv32, wmma::mem_row_major);
+        __syncwarp();
+        const int r = m0 + (lane >> 1), c = n0 + (lane & 1) * 8;
+        const float dec = __expf(gC - gc[r]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float vn = (u ? __bfloat162float(uc[r * S::ldv16 + c + j]) : 0.0f) - ps[r * S::ldv32 + c + j];
+          ps[r * S::ldv32 + c + j] = vn;
+          vb[r * S::ldv16 + c + j] = __float2bfloat16(vn * dec);
+        }
       }
     }
     __syncthreads();
@@ -281,28 +312,40 @@ __global__ void __launch_bounds__(kThreads) state_kernel(StateArgs a) {
 
     // S <- e^gamma_C S + vb^T K; each warp then writes the bf16 copy of its own tiles.
     const float decay = __expf(gC);
-    constexpr int tiles_n = DK / 16;
-    for (int tile = warp; tile < (BV / 16) * tiles_n; tile += kWarps) {
-      const int m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
-      FragC acc;
-      wmma::load_matrix_sync(acc, ss + m0 * S::lds + n0, S::lds, wmma::mem_row_major);
+    constexpr int tiles_n = DK / 16, per_warp2 = (BV / 16) * tiles_n / kWarps;
+    static_assert(per_warp2 * kWarps == (BV / 16) * tiles_n, "state tiles must split evenly over the warps");
+    {
+      FragC acc[per_warp2];
 #pragma unroll
-      for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= decay;
+      for (int t = 0; t < per_warp2; ++t) {
+        const int tile = warp + t * kWarps, m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
+        wmma::load_matrix_sync(acc[t], ss + m0 * S::lds + n0, S::lds, wmma::mem_row_major);
+#pragma unroll
+        for (int e = 0; e < acc[t].num_elements; ++e) acc[t].x[e] *= decay;
+      }
 #pragma unroll
       for (int k0 = 0; k0 < C; k0 += 16) {
-        FragAT fa;
-        FragB fb;
-        wmma::load_matrix_sync(fa, vb + k0 * S::ldv16 + m0, S::ldv16);
-        wmma::load_matrix_sync(fb, kc + k0 * S::ldk + n0, S::ldk);
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
-      wmma::store_matrix_sync(ss + m0 * S::lds + n0, acc, S::lds, wmma::mem_row_major);
-      __syncwarp();
-      const int r = m0 + (lane >> 1), c = n0 + (lane & 1) * 8;
-      alignas(16) bf16 o8[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) o8[j] = __float2bfloat16(ss[r * S::lds + c + j]);
-      *reinterpret_cast<uint4*>(sb + r * S::ldk + c) = *reinterpret_cast<const uint4*>(o8);
+        for (int t = 0; t < per_warp2; ++t) {
+          const int tile = warp + t * kWarps, m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
+          FragAT fa;
+          FragB fb;
+          wmma::load_matrix_sync(fa, vb + k0 * S::ldv16 + m0, S::ldv16);
+          wmma::load_matrix_sync(fb, kc + k0 * S::ldk + n0, S::ldk);
+          wmma::mma_sync(acc[t], fa, fb, acc[t]);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < per_warp2; ++t) {
+        const int tile = warp + t * kWarps, m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
+        wmma::store_matrix_sync(ss + m0 * S::lds + n0, acc[t], S::lds, wmma::mem_row_major);
+        __syncwarp();
+        const int r = m0 + (lane >> 1), c = n0 + (lane & 1) * 8;
+        alignas(16) bf16 o8[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o8[j] = __float2bfloat16(ss[r * S::lds + c + j]);
+        *reinterpret_cast<uint4*>(sb + r * S::ldk + c) = *reinterpret_cast<const uint4*>(o8);
+      }
     }
     // The next iteration's first barrier orders these writes before their readers.
   }
@@ -413,15 +456,18 @@ __global__ void __launch_bounds__(kThreads) output_kernel(OutArgs a) {
   const int64_t n = blockIdx.x, c0 = int64_t(blockIdx.y) * kOutTile, bh = blockIdx.z;
   const int64_t b = bh / a.H, h = bh % a.H, t0 = n * C;
   const int valid = static_cast<int>((a.T - t0 < C ? a.T - t0 : int64_t(C)));
-  load_tile(qs, S::ldk, a.q + ((b * a.T + t0) * a.H + h) * DK, a.H * DK, C, DK, valid);
-  load_tile(ks, S::ldk, a.k + ((b * a.T + t0) * a.H + h) * DK, a.H * DK, C, DK, valid);
-  load_tile(hs, S::ldk, a.h + ((bh * a.NC + n) * a.Dv + c0) * DK, DK, kOutTile, DK, kOutTile);
-  load_tile(vs, S::ldo16, a.vnew + (bh * a.NC + n) * C * a.Dv + c0, a.Dv, C, kOutTile, C);
-  if (tid < C) gam[tid] = a.gam[bh * a.NC * C + n * C + tid];
+  // All four tiles in flight at once (cp.async), then one wait.
+  load_tile_async(qs, S::ldk, a.q + ((b * a.T + t0) * a.H + h) * DK, a.H * DK, C, DK, valid);
+  load_tile_async(ks, S::ldk, a.k + ((b * a.T + t0) * a.H + h) * DK, a.H * DK, C, DK, valid);
+  load_tile_async(hs, S::ldk, a.h + ((bh * a.NC + n) * a.Dv + c0) * DK, DK, kOutTile, DK, kOutTile);
+  load_tile_async(vs, S::ldo16, a.vnew + (bh * a.NC + n) * C * a.Dv + c0, a.Dv, C, kOutTile, C);
+  if (tid < C / 4) cp_async16(gam + tid * 4, a.gam + bh * a.NC * C + n * C + tid * 4, true);
+  cp_async_commit();
+  cp_async_wait_all();
   __syncthreads();
 
-  gemm_tiles<false, true>(os, S::ldo32, qs, S::ldk, hs, S::ldk, C, kOutTile, DK);  // Q h^T
-  gemm_tiles<false, true>(ps, S::ldc32, qs, S::ldk, ks, S::ldk, C, C, DK);         // Q K^T
+  gemm_tiles<false, true, C, kOutTile, DK>(os, S::ldo32, qs, S::ldk, hs, S::ldk);  // Q h^T
+  gemm_tiles<false, true, C, C, DK>(ps, S::ldc32, qs, S::ldk, ks, S::ldk);         // Q K^T
   __syncthreads();
   for (int i = tid; i < C * C; i += kThreads) {
     const int r = i / C, c = i % C;
@@ -484,14 +530,20 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   at::Tensor final_state = empty_output({B, H, Dv, DK}, f32);
   at::Tensor o = empty_output({B, T, H, Dv}, q.options().dtype(out_type));
 
+  // HYLO_GDN_STAGE_TIMES=1: print each stage's time to stderr (events between the launches; diagnosis only).
+  static const bool stage_times = std::getenv("HYLO_GDN_STAGE_TIMES") != nullptr;
+  cudaEvent_t ev[5];
+  if (stage_times)
+    for (auto& e : ev) cudaEventCreate(&e), cudaEventRecord(e, stream);
   {
-    set_smem(prep_kernel<DK>, PrepSmem<DK>::bytes);
+    set_smem(prep_kernel<DK>, PrepSmem<DK>::bytes(512));
     PrepArgs pa{reinterpret_cast<const bf16*>(k.data_ptr()), reinterpret_cast<const bf16*>(v.data_ptr()),
                 g.data_ptr<float>(), beta.data_ptr<float>(), reinterpret_cast<bf16*>(w.data_ptr()),
                 reinterpret_cast<bf16*>(u.data_ptr()), gam.data_ptr<float>(), T, H, Dv, NC};
-    prep_kernel<DK><<<dim3(unsigned(NC), unsigned(BH)), kThreads, PrepSmem<DK>::bytes, stream>>>(pa);
+    prep_kernel<DK><<<dim3(unsigned(NC), unsigned(BH)), kThreads, PrepSmem<DK>::bytes(Dv), stream>>>(pa);
     check_launch("gated_delta_chunk_cuda prep");
   }
+  if (stage_times) cudaEventRecord(ev[1], stream);
 
   // Segments: enough blocks in the main state pass to cover the GPU twice, at least 4 chunks a segment; the
   // extra M/N pass costs about (2 + DK/Dv) times the serial work, so it is used only when P >= 4.
@@ -526,6 +578,7 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
         starts.data_ptr<float>(), Dv, P);
     check_launch("gated_delta_chunk_cuda scan");
   }
+  if (stage_times) cudaEventRecord(ev[2], stream);
   StateArgs main{kp, wp, up, gam.data_ptr<float>(),
                  P > 1 ? starts.data_ptr<float>() : (init.defined() ? init.data_ptr<float>() : nullptr),
                  final_state.data_ptr<float>(), nullptr, reinterpret_cast<bf16*>(hs.data_ptr()),
@@ -534,6 +587,7 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   state_kernel<DK, BV><<<dim3(unsigned(n_blocks), unsigned(P), unsigned(BH)), kThreads, StateSmem<DK, BV>::bytes,
                          stream>>>(main);
   check_launch("gated_delta_chunk_cuda states");
+  if (stage_times) cudaEventRecord(ev[3], stream);
 
   set_smem(output_kernel<DK>, OutSmem<DK>::bytes);
   OutArgs oa{reinterpret_cast<const bf16*>(q.data_ptr()), kp, reinterpret_cast<const bf16*>(hs.data_ptr()),
@@ -542,6 +596,15 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   output_kernel<DK><<<dim3(unsigned(NC), unsigned(Dv / kOutTile), unsigned(BH)), kThreads, OutSmem<DK>::bytes,
                       stream>>>(oa);
   check_launch("gated_delta_chunk_cuda output");
+  if (stage_times) {
+    cudaEventRecord(ev[4], stream);
+    cudaEventSynchronize(ev[4]);
+    float t[4];
+    for (int i = 0; i < 4; ++i) cudaEventElapsedTime(&t[i], ev[i], ev[i + 1]);
+    std::fprintf(stderr, "gdn_stages T %ld H %ld Dk %d Dv %ld P %d: prep %.3f ms, segment M/N + scan %.3f ms, "
+                 "states %.3f ms, output %.3f ms\n", long(T), long(H), DK, long(Dv), P, t[0], t[1], t[2], t[3]);
+    for (auto& e : ev) cudaEventDestroy(e);
+  }
   return {o, final_state};
 }
 

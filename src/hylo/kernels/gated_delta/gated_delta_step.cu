@@ -1,8 +1,9 @@
 // The gated delta rule token by token (decode), one pass over the state per token:
 //   S' = alpha S;  err = beta (v - S' k);  S = S' + err k^T;  o = S (scale q),  alpha = exp(g).
 // Rows of S (one value channel each, Dk wide) evolve independently given q, k, g, beta, so the work splits by
-// rows: a warp owns kRowsPerWarp rows, each lane Dk/32 contiguous columns of them, held in registers across the
-// tokens of the call. Per token and row two warp reductions give S'k and S'q; the readout uses
+// rows: a warp owns kRowsPerWarp rows, each lane Dk/32 columns of them, held in registers across the tokens of
+// the call. Lane l's columns are chosen so that every warp access is coalesced: for Dk a multiple of 128 lane l
+// holds the float4 groups {l*4 + 128 m}, for Dk 64 the pair {2l, 2l+1}, otherwise {l + 32 j}. Per token and row two warp reductions give S'k and S'q; the readout uses
 //   o = S q = alpha (S_old q) + err (k . q),
 // so S is read once and written once per call, not per token. k . q is one more reduction per token, shared by
 // all the warp's rows. The state is fp32 whatever the input dtype.
@@ -36,6 +37,14 @@ struct StepArgs {
   float scale;
 };
 
+// The column of S (and of q, k) that lane `lane` holds in its slot j < NPL.
+template <int NPL>
+__device__ __forceinline__ int lane_col(int lane, int j) {
+  if constexpr (NPL % 4 == 0) return (j / 4) * 128 + lane * 4 + (j % 4);
+  else if constexpr (NPL == 2) return lane * 2 + j;
+  else return j * 32 + lane;
+}
+
 // NPL = Dk / 32 columns per lane.
 template <int NPL>
 __global__ void __launch_bounds__(kWarps * 32) gated_delta_step_kernel(StepArgs a) {
@@ -49,9 +58,18 @@ __global__ void __launch_bounds__(kWarps * 32) gated_delta_step_kernel(StepArgs 
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t row = row0 + r;
+    const bool ok = a.state_in && row < a.Dv;
+    const float* src = a.state_in + (bh * a.Dv + (ok ? row : 0)) * Dk;
+    if constexpr (NPL % 4 == 0) {
 #pragma unroll
-    for (int j = 0; j < NPL; ++j)
-      s[r][j] = (a.state_in && row < a.Dv) ? a.state_in[(bh * a.Dv + row) * Dk + lane * NPL + j] : 0.0f;
+      for (int m = 0; m < NPL / 4; ++m) {
+        const float4 x = ok ? *reinterpret_cast<const float4*>(src + m * 128 + lane * 4) : make_float4(0, 0, 0, 0);
+        s[r][4 * m] = x.x, s[r][4 * m + 1] = x.y, s[r][4 * m + 2] = x.z, s[r][4 * m + 3] = x.w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < NPL; ++j) s[r][j] = ok ? src[lane_col<NPL>(lane, j)] : 0.0f;
+    }
   }
 
   for (int64_t t = 0; t < a.T; ++t) {
@@ -59,8 +77,8 @@ __global__ void __launch_bounds__(kWarps * 32) gated_delta_step_kernel(StepArgs 
     float qv[NPL], kv[NPL];
 #pragma unroll
     for (int j = 0; j < NPL; ++j) {
-      qv[j] = load_as_float(a.q, tok * Dk + lane * NPL + j, a.tq) * a.scale;
-      kv[j] = load_as_float(a.k, tok * Dk + lane * NPL + j, a.tk);
+      qv[j] = load_as_float(a.q, tok * Dk + lane_col<NPL>(lane, j), a.tq) * a.scale;
+      kv[j] = load_as_float(a.k, tok * Dk + lane_col<NPL>(lane, j), a.tk);
     }
     const float alpha = __expf(load_as_float(a.g, tok, a.tg));
     const float beta = load_as_float(a.beta, tok, a.tb);
@@ -91,8 +109,16 @@ __global__ void __launch_bounds__(kWarps * 32) gated_delta_step_kernel(StepArgs 
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t row = row0 + r;
     if (row >= a.Dv) continue;
+    float* dst = a.state_out + (bh * a.Dv + row) * Dk;
+    if constexpr (NPL % 4 == 0) {
 #pragma unroll
-    for (int j = 0; j < NPL; ++j) a.state_out[(bh * a.Dv + row) * Dk + lane * NPL + j] = s[r][j];
+      for (int m = 0; m < NPL / 4; ++m)
+        *reinterpret_cast<float4*>(dst + m * 128 + lane * 4) =
+            make_float4(s[r][4 * m], s[r][4 * m + 1], s[r][4 * m + 2], s[r][4 * m + 3]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < NPL; ++j) dst[lane_col<NPL>(lane, j)] = s[r][j];
+    }
   }
 }
 
