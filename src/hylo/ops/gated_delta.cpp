@@ -91,6 +91,7 @@ GatedDeltaOutput token_loop(const HeadMajor& in, double scale, at::ScalarType ou
   return {finish_output(at::stack(outs, 2), out_type), S};                        // o [B, T, H, Dv]
 }
 
+#ifdef HYLO_HAVE_CUDA
 // The CUDA kernels have no backward: they run only when no input needs a gradient (inference, or under
 // NoGradGuard). Everything else -- CPU tensors, training, unsupported shapes or dtypes -- takes the ATen forms,
 // which run on the tensors' own device (never a silent copy to the CPU).
@@ -100,6 +101,7 @@ bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
     if (t->defined() && t->requires_grad()) return true;
   return false;
 }
+#endif
 
 }  // namespace
 
