@@ -6,6 +6,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_runtime.h>
 
+#include <limits>
 #include <string>
 
 #include "hylo/core/result.h"
