@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
     spm.SentencePieceTrainer.train(
         input=str(d / "train.txt"), model_prefix=str(d / "tokenizer"), vocab_size=1000, model_type="bpe",
         byte_fallback=True, character_coverage=0.99, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        user_defined_symbols=["<|user|>"], control_symbols=["<|ctrl|>"], add_dummy_prefix=True,
+        user_defined_symbols=["[USER]"], control_symbols=["<|ctrl|>"], add_dummy_prefix=True,
         remove_extra_whitespaces=False, normalization_rule_name="identity", num_threads=1, minloglevel=2)
     hf = d / "hf"
     hf.mkdir()
@@ -78,7 +78,22 @@ def trained(tmp_path_factory):
                                                            {"type": "Replace", "pattern": {"String": " "},
                                                             "content": "\u2581"}]}
     j["pre_tokenizer"] = None
+    j["post_processor"] = {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                    {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    for t in j["added_tokens"]:
+        if t["content"] == "[USER]":
+            t["special"] = False  # a user-defined piece: text, not a control token
     (hf / "tokenizer.json").write_text(json.dumps(j, ensure_ascii=False), encoding="utf-8")
+    # Token types for llama.cpp's converter, as a Llama-2-style release declares them.
+    tc = json.loads((hf / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tc["add_bos_token"], tc["add_eos_token"] = True, False
+    tc["added_tokens_decoder"] = {
+        str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                 "special": special} for i, c, special in ((3, "<|ctrl|>", True), (4, "[USER]", False))}
+    (hf / "tokenizer_config.json").write_text(json.dumps(tc), encoding="utf-8")
     cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1)
     cfg.architectures = ["LlamaForCausalLM"]
@@ -100,7 +115,7 @@ def texts_for_parity(text):
         slices.append(text[start:start + rng.choice([1, 2, 5, 31, 200, 1000])])
     adversarial = ["", " ", "  ", "\n", " \t\r\n ", "   leading", "trailing   ", "Hello  world", "2024 1 23 4567",
                    "👍🏽 emoji 👨‍👩‍👧‍👦", "中文 日本語 한국어", "ſ'ſ K'K", "x" * 3000, "a\u00a0b\u2003c",
-                   "<s>a</s>", "a<|user|>b", "<|user|>b", "<|ctrl|>x<|ctrl|>", "<s", "|user|>", "▁▁ ▁ x▁y",
+                   "<s>a</s>", "a[USER]b", "[USER]b", "x [USER] y", "<|ctrl|>x<|ctrl|>", "<s", "USER]", "▁▁ ▁ x▁y",
                    "<0x41> literally", "tab\tseparated\tvalues"]
     return paragraphs + slices + adversarial
 
@@ -126,10 +141,10 @@ def test_trained_vocabulary_equals_tokenizers(trained):
 def test_after_a_special_token_llama_cpp_adds_the_prefix_space(trained):
     tok_json, gguf, _ = trained
     vocab = json.loads(tok_json.read_text())["model"]["vocab"]
-    got = run_jsonl(gguf, [json.dumps("<|user|> x")], "--no-special")[0]
-    # "<|user|>" then " x" with the prefix space: "▁▁x", which merges as the vocabulary allows.
+    got = run_jsonl(gguf, [json.dumps("[USER] x")], "--no-special")[0]
+    # "[USER]" then " x" with the prefix space: "▁▁x", which merges as the vocabulary allows.
     alone = run_jsonl(gguf, [json.dumps(" x")], "--no-special")[0]
-    assert got == [vocab["<|user|>"]] + alone
+    assert got == [vocab["[USER]"]] + alone
 
 
 def test_invalid_utf8_falls_back_to_bytes_as_llama_cpp(trained):
