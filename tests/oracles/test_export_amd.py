@@ -44,8 +44,10 @@ def test_export_then_import_is_the_same_model(tmp_path, linear):
     assert r.returncode == 0, r.stderr
     r = hylo("export", "--format", "amd", ckpt, "--out", amd)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in amd.iterdir() if not p.name.startswith("tokenizer")) == \
-        ["config.json", "hybrid_config.json", "model.safetensors"]
+    names = {p.name for p in amd.iterdir() if not p.name.startswith("tokenizer")}
+    assert {"config.json", "hybrid_config.json", "model.safetensors"} <= names
+    assert names <= {"config.json", "hybrid_config.json", "model.safetensors", "generation_config.json",
+                     "special_tokens_map.json", "chat_template.jinja"}, names
     assert (amd / "tokenizer.json").exists()
 
     cfg = json.loads((amd / "config.json").read_text())

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from test_upcycle import HYLO, make_teacher, plan_text
 
 
@@ -65,3 +67,18 @@ def test_smart_without_calibration_says_what_it_needs(tmp_path):
     assert r.returncode == 1, r.stdout
     assert "--calibration FILE" in r.stderr, r.stderr
     assert not (tmp_path / "never").exists()
+
+
+SMOLLM2 = Path(os.environ.get("HYLO_TEACHER_GGUF", Path.home() / ".cache/hylo/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+@pytest.mark.skipif(not SMOLLM2.is_file(), reason="the SmolLM2 teacher GGUF is not there (run scripts/setup.sh)")
+def test_smollm2_gguf_upcycles_without_any_setup_variable(tmp_path):
+    src = Path(os.environ.get("HYLO_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+    out, report = tmp_path / "hybrid", tmp_path / "report.json"
+    r = hylo(tmp_path, "upcycle", SMOLLM2, "--plan", src / "recipes" / "plans" / "smollm2-135m-6mla24gdn.yaml",
+             "--out", out, "--json", report, "--no-progress", "--threads", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "right after init: skipped" in r.stdout
+    assert json.loads(report.read_text())["kl_after_init"]["skipped"] is True
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.gguf").exists()
