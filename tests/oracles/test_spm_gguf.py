@@ -46,11 +46,11 @@ def test_llama_cpp_expected_outputs(name):
     gguf = LLAMA_CPP / "models" / f"ggml-vocab-{name}.gguf"
     texts, want = read_vocab_tests(gguf)
     assert len(texts) == len(want) >= 40
-    got = run_jsonl(gguf, [json.dumps(as_item(t.encode("utf-8"))) for t in texts], "--no-special")
+    got = run_jsonl(gguf, [as_item(t.encode("utf-8")) for t in texts], "--no-special")
     bad = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
     assert not bad, f"{len(bad)} of {len(texts)} differ, first: {bad[0]!r}"
     # With special tokens: BOS (add_bos_token defaults to true for these vocabularies) in front.
-    got_bos = run_jsonl(gguf, [json.dumps(as_item(t.encode("utf-8"))) for t in texts])
+    got_bos = run_jsonl(gguf, [as_item(t.encode("utf-8")) for t in texts])
     assert all(g == [1] + w for g, w in zip(got_bos, want))
 
 
@@ -127,13 +127,13 @@ def test_trained_vocabulary_equals_tokenizers(trained):
     hf = Tokenizer.from_file(str(tok_json))
     items = texts_for_parity(text)
     for add_special, extra in ((False, ["--no-special"]), (True, [])):
-        got = run_jsonl(gguf, [json.dumps(as_item(t.encode("utf-8"))) for t in items], *extra)
+        got = run_jsonl(gguf, [as_item(t.encode("utf-8")) for t in items], *extra)
         for t, g in zip(items, got):
             assert g == hf.encode(t, add_special_tokens=add_special).ids, (t, add_special)
     # Decode, with and without special tokens.
     ids = [hf.encode(t).ids for t in items] + [[1, 5, 1, 300, 2], list(range(0, 1000, 7))]
     for skip, extra in ((False, []), (True, ["--no-special"])):
-        got = run_jsonl(gguf, [json.dumps(i) for i in ids], "--decode", *extra)
+        got = run_jsonl(gguf, ids, "--decode", *extra)
         for i, g in zip(ids, got):
             assert g == hf.decode(i, skip_special_tokens=skip), (i, skip)
 
@@ -141,9 +141,9 @@ def test_trained_vocabulary_equals_tokenizers(trained):
 def test_after_a_special_token_llama_cpp_adds_the_prefix_space(trained):
     tok_json, gguf, _ = trained
     vocab = json.loads(tok_json.read_text())["model"]["vocab"]
-    got = run_jsonl(gguf, [json.dumps("[USER] x")], "--no-special")[0]
+    got = run_jsonl(gguf, ["[USER] x"], "--no-special")[0]
     # "[USER]" then " x" with the prefix space: "▁▁x", which merges as the vocabulary allows.
-    alone = run_jsonl(gguf, [json.dumps(" x")], "--no-special")[0]
+    alone = run_jsonl(gguf, [" x"], "--no-special")[0]
     assert got == [vocab["[USER]"]] + alone
 
 
@@ -154,7 +154,7 @@ def test_invalid_utf8_falls_back_to_bytes_as_llama_cpp(trained):
     space = vocab["▁"]
 
     def enc(data: bytes):
-        return run_jsonl(gguf, [json.dumps(as_item(data))], "--no-special")[0]
+        return run_jsonl(gguf, [as_item(data)], "--no-special")[0]
 
     assert enc(b"\xff") == [space, byte(0xFF)]
     assert enc(b"\x80\x80") == [space, byte(0x80), byte(0x80)]
@@ -163,4 +163,4 @@ def test_invalid_utf8_falls_back_to_bytes_as_llama_cpp(trained):
     # A lead byte of a 3-byte sequence takes the next two bytes with it, valid or not: "\xe2\x82" + "x".
     assert enc(b"\xe2\x82x") == [space, byte(0xE2), byte(0x82), byte(ord("x"))]
     # Decode of byte tokens that are not UTF-8 gives U+FFFD per byte (tokenizers' ByteFallback).
-    assert run_jsonl(gguf, [json.dumps([byte(0xFF), vocab["▁the"]])], "--decode")[0] == "\ufffd the"
+    assert run_jsonl(gguf, [[byte(0xFF), vocab["▁the"]]], "--decode")[0] == "\ufffd the"
