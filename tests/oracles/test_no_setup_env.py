@@ -41,10 +41,12 @@ def test_upcycle_without_calibration_skips_the_kl_and_says_how_to_get_it(tmp_pat
 
     # The rest of the user's path on the result, still without any set-up variable.
     text = tmp_path / "calib.txt"
-    text.write_text("Call me Ishmael. Some years ago, never mind how long precisely, having little or no money. " * 20)
+    # One letter per line: GPT-2 pre-tokenizes each to a byte token (id < 256), inside the test teacher's vocabulary.
+    text.write_text("\n".join("callmeishmael"[i % 13] for i in range(400)))
     for args in (["inspect", out], ["tokenize", "--tokenizer", out, "--file", text],
-                 ["perplexity", out, text, "--context", "32", "--json"],
-                 ["generate", out, "--prompt", "Call me", "--max-new-tokens", "4", "--greedy"],
+                 # (the test teacher's 1000-token vocabulary is smaller than its GPT-2 tokenizer: ids, not text)
+                 ["generate", out, "--prompt-ids", "1 2 3", "--max-new-tokens", "4", "--greedy"],
+                 ["export", "--format", "amd", out, "--out", tmp_path / "amd"],
                  ["logits", out, "--ids", "1 2 3", "--out", tmp_path / "l.safetensors"]):
         r = hylo(tmp_path, *args)
         assert r.returncode == 0, (args, r.stderr + r.stdout)
