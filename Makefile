@@ -33,7 +33,8 @@ run: build
 UPCYCLE_DEMO_OUT ?= build/upcycle-demo/smollm2-135m-6mla24gdn
 upcycle-demo: build
 	@$(ENV) build/bin/hylo upcycle "$$HYLO_TEACHER_GGUF" --plan recipes/plans/smollm2-135m-6mla24gdn.yaml \
-	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json --threads 1
+	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json --threads 1 \
+	  --calibration "$$HYLO_DATA/text/moby-dick.txt"
 
 test: build
 	@$(ENV) cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
