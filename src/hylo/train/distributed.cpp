@@ -133,6 +133,9 @@ void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::s
     cause = e.what();
     // c10 errors carry a C++ backtrace after the first line; the first line is the message.
     if (auto nl = cause.find('\n'); nl != std::string::npos) cause.resize(nl);
+    if (cause.find("timed out") != std::string::npos || cause.find("Timed out") != std::string::npos) {
+      cause += " (the timeout is " + std::to_string(timeout_.count() / 1000) + " s, HYLO_DIST_TIMEOUT_S)";
+    }
   }
   throw Error("rank " + std::to_string(rank_) + " of " + std::to_string(world_) + ": " + backend_name_ + " " +
               what + " failed: " + cause +

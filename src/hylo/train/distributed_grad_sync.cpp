@@ -1,0 +1,136 @@
+// Gradient buckets: planning, the hooks that start all-reduces during backward, and finish(). See
+// distributed_grad_sync.h.
+#include "hylo/train/distributed_grad_sync.h"
+
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <chrono>
+
+namespace hylo::train {
+
+std::vector<std::vector<size_t>> plan_gradient_buckets(const std::vector<at::Tensor>& params, int64_t bucket_bytes) {
+  std::vector<std::vector<size_t>> buckets;
+  int64_t bytes = 0;
+  for (size_t k = params.size(); k-- > 0;) {
+    const at::Tensor& p = params[k];
+    int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
+    bool same_kind = !buckets.empty() && !buckets.back().empty() &&
+                     params[buckets.back().front()].scalar_type() == p.scalar_type() &&
+                     params[buckets.back().front()].device() == p.device();
+    if (buckets.empty() || !same_kind || (bytes > 0 && bytes + b > bucket_bytes)) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().push_back(k);
+    bytes += b;
+  }
+  return buckets;
+}
+
+// Calls back into GradientBuckets once autograd has accumulated the parameter's gradient for this backward.
+struct GradReadyHook : torch::autograd::PostAccumulateGradHook {
+  GradReadyHook(GradientBuckets* owner, size_t index) : owner(owner), index(index) {}
+  void operator()(const torch::autograd::Variable& /*param*/) override { owner->mark_ready(index); }
+  GradientBuckets* owner;
+  size_t index;
+};
+
+GradientBuckets::GradientBuckets(std::shared_ptr<ProcessGroup> group, std::vector<at::Tensor> params,
+                                 int64_t bucket_bytes)
+    : group_(std::move(group)), params_(std::move(params)) {
+  buckets_ = plan_gradient_buckets(params_, bucket_bytes);
+  bucket_of_.assign(params_.size(), 0);
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    int64_t numel = 0;
+    for (size_t i : buckets_[b]) {
+      bucket_of_[i] = b;
+      numel += params_[i].numel();
+    }
+    const at::Tensor& first = params_[buckets_[b].front()];
+    flat_.push_back(at::empty({numel}, first.options().requires_grad(false)));  // [numel of bucket b]
+  }
+  work_.resize(buckets_.size());
+  pending_.assign(buckets_.size(), 0);
+  param_ready_.assign(params_.size(), false);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    torch::autograd::impl::set_post_acc_grad_hooks(params_[i], std::make_unique<GradReadyHook>(this, i));
+  }
+}
+
+GradientBuckets::~GradientBuckets() {
+  for (auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+}
+
+void GradientBuckets::arm(bool sync) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  armed_ = sync;
+  if (!sync) return;
+  next_launch_ = 0;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    pending_[b] = static_cast<int64_t>(buckets_[b].size());
+    work_[b].reset();
+  }
+  std::fill(param_ready_.begin(), param_ready_.end(), false);
+}
+
+void GradientBuckets::mark_ready(size_t param_index) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_ || param_ready_[param_index]) return;
+  param_ready_[param_index] = true;
+  --pending_[bucket_of_[param_index]];
+  while (next_launch_ < buckets_.size() && pending_[next_launch_] == 0) {
+    launch(next_launch_++);
+    ++stats_.buckets_launched_in_backward;
+  }
+}
+
+void GradientBuckets::launch(size_t b) {
+  at::NoGradGuard no_grad;
+  at::Tensor& flat = flat_[b];
+  int64_t offset = 0;
+  for (size_t i : buckets_[b]) {
+    const at::Tensor& p = params_[i];
+    at::Tensor slice = flat.narrow(0, offset, p.numel());
+    if (p.grad().defined()) {
+      slice.copy_(p.grad().reshape({-1}));
+    } else {
+      slice.zero_();
+    }
+    offset += p.numel();
+  }
+  work_[b] = group_->all_reduce_sum_async(flat);
+}
+
+void GradientBuckets::finish() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_) return;
+  while (next_launch_ < buckets_.size()) {
+    launch(next_launch_++);
+    ++stats_.buckets_launched_in_finish;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    group_->wait(work_[b], "all-reduce of gradient bucket " + std::to_string(b) + " of " +
+                               std::to_string(buckets_.size()));
+    work_[b].reset();
+  }
+  stats_.exposed_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  at::NoGradGuard no_grad;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    int64_t offset = 0;
+    for (size_t i : buckets_[b]) {
+      at::Tensor& p = params_[i];
+      at::Tensor slice = flat_[b].narrow(0, offset, p.numel()).view(p.sizes());
+      if (p.grad().defined()) {
+        p.mutable_grad().copy_(slice);
+      } else {
+        p.mutable_grad() = slice.clone();
+      }
+      offset += p.numel();
+    }
+  }
+  armed_ = false;
+}
+
+}  // namespace hylo::train
