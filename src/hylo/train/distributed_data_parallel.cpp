@@ -29,7 +29,18 @@ void DataParallel::attach(const std::vector<NamedParam>& params) {
   }
 }
 
+GradSyncStats DataParallel::grad_stats() const {
+  GradSyncStats s = detached_stats_;
+  if (grads_) {
+    s.buckets_launched_in_backward += grads_->stats().buckets_launched_in_backward;
+    s.buckets_launched_in_finish += grads_->stats().buckets_launched_in_finish;
+    s.exposed_wait_seconds += grads_->stats().exposed_wait_seconds;
+  }
+  return s;
+}
+
 void DataParallel::detach() {
+  detached_stats_ = grad_stats();
   grads_.reset();
   zero_.reset();
   params_.clear();

@@ -44,7 +44,8 @@ class DataParallel : public SyncHooks {
   // Owner rank of each attached parameter (all 0..world-1 with ZeRO-1; without it every rank owns all, and
   // this is empty).
   const std::vector<int>& owners() const { return owner_; }
-  const GradSyncStats* grad_stats() const { return grads_ ? &grads_->stats() : nullptr; }
+  // Gradient all-reduce counters summed over every stage attached so far (issue 12 reports the overlap).
+  GradSyncStats grad_stats() const;
   ProcessGroup& group() { return *group_; }
 
  private:
@@ -54,6 +55,7 @@ class DataParallel : public SyncHooks {
   std::vector<int> owner_;
   std::unique_ptr<GradientBuckets> grads_;
   std::unique_ptr<OwnedParameterBroadcast> zero_;
+  GradSyncStats detached_stats_;  // of stages already detached
   int64_t steps_ = 0;
 };
 
