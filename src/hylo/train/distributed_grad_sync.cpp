@@ -48,7 +48,8 @@ GradientBuckets::GradientBuckets(std::shared_ptr<ProcessGroup> group, std::vecto
       numel += params_[i].numel();
     }
     const at::Tensor& first = params_[buckets_[b].front()];
-    flat_.push_back(at::empty({numel}, first.options().requires_grad(false)));  // [numel of bucket b]
+    // [numel of bucket b + one "has a gradient" flag per parameter]
+    flat_.push_back(at::empty({numel + static_cast<int64_t>(buckets_[b].size())}, first.options().requires_grad(false)));
   }
   work_.resize(buckets_.size());
   pending_.assign(buckets_.size(), 0);
@@ -88,15 +89,19 @@ void GradientBuckets::mark_ready(size_t param_index) {
 void GradientBuckets::launch(size_t b) {
   at::NoGradGuard no_grad;
   at::Tensor& flat = flat_[b];
-  int64_t offset = 0;
+  const int64_t n = static_cast<int64_t>(buckets_[b].size());
+  at::Tensor flags = flat.narrow(0, flat.numel() - n, n);
+  int64_t offset = 0, k = 0;
   for (size_t i : buckets_[b]) {
     const at::Tensor& p = params_[i];
     at::Tensor slice = flat.narrow(0, offset, p.numel());
-    if (p.grad().defined()) {
+    bool has = p.grad().defined();
+    if (has) {
       slice.copy_(p.grad().reshape({-1}));
     } else {
       slice.zero_();
     }
+    flags[k++].fill_(has ? 1 : 0);
     offset += p.numel();
   }
   work_[b] = group_->all_reduce_sum_async(flat);
@@ -118,11 +123,16 @@ void GradientBuckets::finish() {
   stats_.exposed_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   at::NoGradGuard no_grad;
   for (size_t b = 0; b < buckets_.size(); ++b) {
-    int64_t offset = 0;
+    const int64_t n = static_cast<int64_t>(buckets_[b].size());
+    at::Tensor flags = flat_[b].narrow(0, flat_[b].numel() - n, n).to(at::kCPU);  // ranks that had a gradient
+    int64_t offset = 0, k = 0;
     for (size_t i : buckets_[b]) {
       at::Tensor& p = params_[i];
       at::Tensor slice = flat_[b].narrow(0, offset, p.numel()).view(p.sizes());
-      if (p.grad().defined()) {
+      if (flags[k++].item<double>() == 0) {
+        // No rank had a gradient: leave it undefined, as one process would (AdamW skips such parameters).
+        p.mutable_grad() = at::Tensor();
+      } else if (p.grad().defined()) {
         p.mutable_grad().copy_(slice);
       } else {
         p.mutable_grad() = slice.clone();

@@ -6,8 +6,9 @@
 // param.grad().
 //
 // Buckets are started strictly in bucket order (bucket i only after 0..i-1), so every rank issues the same
-// collectives in the same order, which c10d requires. A parameter without a gradient in this backward
-// contributes zeros (another rank may have one).
+// collectives in the same order, which c10d requires. A parameter without a gradient on this rank contributes
+// zeros (another rank may have one); each bucket also sums one "has a gradient" flag per parameter, so a
+// parameter that no rank gave a gradient keeps an undefined grad(), exactly as in one process.
 //
 // Gradient accumulation: arm(false) for the micro-steps before the last (hooks do nothing, gradients just
 // accumulate locally), arm(true) for the last one. The reduction is a SUM: the trainer's loss is already

@@ -39,8 +39,9 @@ at::Tensor input_for(int rank, int micro, size_t param) {
   return at::randn({kNumels[param]}, g, at::TensorOptions().dtype(at::kFloat));
 }
 
-// Parameter 5 gets a gradient on rank 0 only (unused elsewhere, like a mixer a rank's batch never reaches).
-bool used(int rank, size_t param) { return !(param == 5 && rank != 0); }
+// Parameter 5 gets a gradient on rank 0 only (unused elsewhere, like a mixer a rank's batch never reaches);
+// parameter 6 on no rank (its grad must stay undefined, as in one process).
+bool used(int rank, size_t param) { return !(param == 5 && rank != 0) && param != 6; }
 
 TEST(GradSync, BucketPlanCoversEveryParameterOnceInReverseOrder) {
   auto ps = odd_params();
@@ -105,7 +106,9 @@ TEST(DistRank, DISABLED_AllReduceBuckets) {
   }
   EXPECT_GT(buckets.stats().buckets_launched_in_backward, 0);
   for (size_t i = 0; i < ps.size(); ++i) {
-    write_tensor(rank_dir() / ("grad" + std::to_string(i) + ".r" + std::to_string(group->rank())), ps[i].grad());
+    fs::path f = rank_dir() / ("grad" + std::to_string(i) + ".r" + std::to_string(group->rank()));
+    if (ps[i].grad().defined()) write_tensor(f, ps[i].grad());
+    else write_text(f.string() + ".undefined", "");
   }
   group->barrier("end of test");
 }
@@ -118,6 +121,15 @@ void check_all_reduce(int nproc) {
   for (size_t i = 0; i < kNumels.size(); ++i) {
     // The exact sum in fp64 and, for the bound, the sum of magnitudes over the 2 * nproc terms.
     at::Tensor want = at::zeros({kNumels[i]}, at::kDouble), mag = at::zeros({kNumels[i]}, at::kDouble);
+    bool any = false;
+    for (int r = 0; r < nproc; ++r) any = any || used(r, i);
+    if (!any) {
+      for (int r = 0; r < nproc; ++r) {
+        EXPECT_TRUE(fs::exists(dir / ("grad" + std::to_string(i) + ".r" + std::to_string(r) + ".undefined")))
+            << "param " << i << " had no gradient on any rank but has one on rank " << r;
+      }
+      continue;
+    }
     for (int r = 0; r < nproc; ++r) {
       if (!used(r, i)) continue;
       for (int m = 0; m < 2; ++m) {
