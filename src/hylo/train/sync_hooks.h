@@ -8,7 +8,10 @@
 //   2. For each micro-batch m = 0..accum-1:  before_backward(m, m == accum - 1); loss_m.backward();
 //      Each micro-batch's loss is (sum of per-token losses on this rank's rows) / N, so the SUM of all
 //      ranks' gradients is the gradient of the mean over the global batch: N ranks equal 1 rank.
-//      Gradients accumulate in param.grad() across micro-batches.
+//      Gradients accumulate in param.grad() across micro-batches. An ILD micro-batch runs one backward per
+//      layer (the layers are independent), so "backward" may be several calls, but every trainable parameter
+//      receives exactly one gradient contribution per micro-batch (the trainable set is chosen so that every
+//      parameter in it gets one: ILD trains block parameters only).
 //   3. after_backward(): when it returns, every parameter's grad() holds the SUM over ranks (all-reduce with
 //      op SUM, not AVG) on every rank. An implementation may start bucketed all-reduces from gradient hooks
 //      during the last micro-batch's backward (hence before_backward's `last` flag) and only wait here.
