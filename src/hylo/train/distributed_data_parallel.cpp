@@ -84,4 +84,22 @@ void DataParallel::all_reduce_sum(at::Tensor& values) {
 
 void DataParallel::barrier() { group_->barrier("barrier"); }
 
+Result<RankSetup> data_parallel_from_environment(at::Device requested, DataParallelOptions options) {
+  HYLO_TRY(DistEnv env, dist_env_from_environment());
+  RankSetup setup;
+  setup.device = requested;
+  if (env.world <= 1) return setup;
+  HYLO_TRY(auto timeout, dist_timeout_from_environment());
+  if (requested.is_cuda()) {
+    if (requested.has_index() && requested.index() != env.local_rank) {
+      return make_error("--device " + requested.str() + " conflicts with LOCAL_RANK=" + std::to_string(env.local_rank) +
+                        ": with several ranks each uses cuda:LOCAL_RANK (pass --device cuda)");
+    }
+    setup.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+  }
+  HYLO_TRY(auto group, ProcessGroup::create(env, setup.device, timeout));
+  setup.hooks = std::make_unique<DataParallel>(std::move(group), options);
+  return setup;
+}
+
 }  // namespace hylo::train

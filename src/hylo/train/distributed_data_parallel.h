@@ -59,4 +59,13 @@ class DataParallel : public SyncHooks {
   int64_t steps_ = 0;
 };
 
+// What a command needs to train as one rank of a job: the hooks to hand the trainer and the device this rank
+// computes on (CUDA: cuda:LOCAL_RANK). hooks is null when the environment names no job of two or more ranks
+// (then the command runs as one process on `requested`).
+struct RankSetup {
+  std::unique_ptr<DataParallel> hooks;
+  at::Device device = at::Device(at::kCPU);
+};
+Result<RankSetup> data_parallel_from_environment(at::Device requested, DataParallelOptions options = {});
+
 }  // namespace hylo::train

@@ -15,6 +15,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 extern char** environ;
@@ -54,6 +56,22 @@ int LaunchReport::exit_code() const {
   if (first_failed_rank < 0) return 0;
   const RankExit& r = ranks[static_cast<size_t>(first_failed_rank)];
   return r.signaled ? 128 + r.signal : r.exit_status;
+}
+
+Result<std::vector<std::string>> own_command_line() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  if (!in) return make_error("launcher: cannot read /proc/self/cmdline (needed to start the ranks)");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> argv;
+  size_t start = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i] == '\0') {
+      argv.push_back(all.substr(start, i - start));
+      start = i + 1;
+    }
+  }
+  if (argv.empty()) return make_error("launcher: /proc/self/cmdline is empty");
+  return argv;
 }
 
 Result<int> take_nproc_option(std::vector<std::string>& argv) {

@@ -47,6 +47,9 @@ struct LaunchReport {
 // prevented the launch (socket, store, fork); a rank's failure is reported in LaunchReport.
 Result<LaunchReport> launch_local_ranks(const std::vector<std::string>& argv, const LaunchOptions& options);
 
+// This process's own command line, from /proc/self/cmdline (what a launching command re-runs).
+Result<std::vector<std::string>> own_command_line();
+
 // Removes "--nproc N" / "--nproc=N" from a command line (the children must not launch again). Returns the
 // count found, or 0 when the option is absent.
 Result<int> take_nproc_option(std::vector<std::string>& argv);
