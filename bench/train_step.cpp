@@ -142,8 +142,19 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  auto student = CausalLM::random(student_cfg, 1, {at::kFloat, dev});
-  auto teacher = CausalLM::random(teacher_cfg, 2, {at::kBFloat16, dev});
+  // Random weights drawn on the device (CausalLM::random draws on the CPU, minutes for an 8B teacher): norms
+  // around 1, the rest N(0, 0.02), as CausalLM::random does.
+  auto random_on_device = [&](const ModelConfig& cfg, at::ScalarType dtype) {
+    auto m = std::make_unique<CausalLM>(cfg, at::TensorOptions().dtype(dtype).device(dev));
+    m->visit_parameters([&](const std::string& name, at::Tensor& t) {
+      const bool is_norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+      at::Tensor r = at::randn(t.sizes(), t.options().dtype(at::kFloat));
+      t.copy_(is_norm ? 1.0 + 0.1 * r : 0.02 * r);
+    });
+    return m;
+  };
+  auto student = random_on_device(student_cfg, at::kFloat);
+  auto teacher = random_on_device(teacher_cfg, at::kBFloat16);
   train::Stage st;
   st.kind = train::StageKind::kKd;
   st.precision = at::kBFloat16;
