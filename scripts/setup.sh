@@ -82,4 +82,27 @@ if [[ ! -f "$HYLO_TEACHER_GGUF" ]]; then
   mv "$gguf" "$HYLO_TEACHER_GGUF.tmp" && mv "$HYLO_TEACHER_GGUF.tmp" "$HYLO_TEACHER_GGUF"
   rm -rf "$tmp"
 fi
+# --- Debian text for training data: the KJV Bible and the Python 3.11 documentation's reST sources ----------
+# Fetched with `apt-get download` and unpacked with `dpkg-deb -x` (nothing installed system-wide). The Bible
+# ships compressed in bible-kjv-text's own format, so bible-kjv's reader (run from the unpacked tree) prints it
+# as text, one file per book. Result: $HYLO_DATA/debian/bible-kjv/NN-Book.txt (66 files) and
+# $HYLO_DATA/debian/python3.11-doc/**/*.rst.txt (the docs' _sources tree).
+deb_text="$HYLO_DATA/debian"
+if [[ ! -f "$deb_text/.complete" ]]; then
+  log "fetching Debian text packages (bible-kjv-text, bible-kjv, python3.11-doc) into $deb_text"
+  tmp="$(mktemp -d)"
+  deb_pkgs=(bible-kjv-text bible-kjv python3.11-doc)
+  (cd "$tmp" && apt-get download "${deb_pkgs[@]}" >/dev/null 2>&1) ||
+    { apt-get update -qq >/dev/null && (cd "$tmp" && apt-get download "${deb_pkgs[@]}" >/dev/null 2>&1); }
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
+  rm -rf "$deb_text" && mkdir -p "$deb_text/bible-kjv"
+  "$tmp/x/usr/bin/bible" -p "$tmp/x/usr/lib" -l 100000 Gen1:1-Rev22:21 |
+    awk -v dir="$deb_text/bible-kjv" '/^[^ ].* [0-9]+$/ { book = $0; sub(/ [0-9]+$/, "", book)
+      if (book != cur) { if (f) close(f); cur = book; name = book; gsub(/ /, "_", name); f = sprintf("%s/%02d-%s.txt", dir, ++n, name) } }
+      f { print > f }'
+  [[ "$(ls "$deb_text/bible-kjv" | wc -l)" == 66 ]] || { echo "setup: expected 66 books of the KJV Bible" >&2; exit 1; }
+  mv "$tmp/x/usr/share/doc/python3.11/html/_sources" "$deb_text/python3.11-doc"
+  touch "$deb_text/.complete"
+  rm -rf "$tmp"
+fi
 log "ready: venv $HYLO_VENV, data $HYLO_DATA, teacher $HYLO_TEACHER_GGUF"

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,7 +49,19 @@ class TokenDataset {
   virtual int64_t num_tokens(Split split) const = 0;
   virtual int64_t num_documents(Split split) const = 0;
   virtual const std::filesystem::path& dir() const = 0;
+
+  // Added for the loader and for evaluation code (not in the first draft of this contract):
+  // whether the dataset stores a loss mask (chat prompts, teacher prompts); without one every token is a target.
+  virtual bool has_loss_mask() const = 0;
+  // The id appended after every document (the model's end-of-document convention), if any.
+  virtual std::optional<int32_t> doc_end_id() const = 0;
+  // Tokens [begin, begin + n) of the split's stream (its shards back to back). Each output may be null.
+  // mask[i]: 1 if the dataset marks the token as a target (always 1 without a mask); doc_start[i]: the token
+  // opens a document. Throws hylo::Error if the range is outside the split.
+  virtual void read(Split split, int64_t begin, int64_t n, int64_t* ids, float* mask, bool* doc_start) const = 0;
 };
+
+const char* split_name(Split split);  // "train", "heldout"
 
 // Fixed-length sequences of `seq_len` tokens from one split, visited in a seeded random order that is a pure
 // function of (seed, epoch): the same on every run and every machine. With world > 1, rank r reads sequence
