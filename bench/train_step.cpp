@@ -70,7 +70,7 @@ double gib(double b) { return b / (1024.0 * 1024.0 * 1024.0); }
 int main(int argc, char** argv) {
   std::string pair = "smollm2", device = "cuda", plan_path;
   int64_t seq = 2048, steps = 3;
-  bool kl_only = false;
+  bool kl_only = false, ild = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
     else if (a == "--device") device = next();
     else if (a == "--plan") plan_path = next();
     else if (a == "--kl-only") kl_only = true;
+    else if (a == "--ild") ild = true;  // an ILD step (student and teacher of the backbone's shape per layer)
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -106,6 +107,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--pair must be smollm2 or llama1b-8b\n");
     return 2;
   }
+  if (ild) teacher_cfg = backbone;  // ILD: the backbone teaches, layer by layer
   LayerPlan plan = load_layer_plan(plan_path).value_or_throw();
   ModelConfig student_cfg = apply_plan(backbone, plan).value_or_throw();
   student_cfg.tie_word_embeddings = false;  // hylo hybrids store an untied head (HYLO.md 2.1)
@@ -142,10 +144,21 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  auto student = CausalLM::random(student_cfg, 1, {at::kFloat, dev});
-  auto teacher = CausalLM::random(teacher_cfg, 2, {at::kBFloat16, dev});
+  // Random weights drawn on the device (CausalLM::random draws on the CPU, minutes for an 8B teacher): norms
+  // around 1, the rest N(0, 0.02), as CausalLM::random does.
+  auto random_on_device = [&](const ModelConfig& cfg, at::ScalarType dtype) {
+    auto m = std::make_unique<CausalLM>(cfg, at::TensorOptions().dtype(dtype).device(dev));
+    m->visit_parameters([&](const std::string& name, at::Tensor& t) {
+      const bool is_norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+      at::Tensor r = at::randn(t.sizes(), t.options().dtype(at::kFloat));
+      t.copy_(is_norm ? 1.0 + 0.1 * r : 0.02 * r);
+    });
+    return m;
+  };
+  auto student = random_on_device(student_cfg, at::kFloat);
+  auto teacher = random_on_device(teacher_cfg, at::kBFloat16);
   train::Stage st;
-  st.kind = train::StageKind::kKd;
+  st.kind = ild ? train::StageKind::kIld : train::StageKind::kKd;
   st.precision = at::kBFloat16;
   st.activation_checkpointing = true;
   auto params = train::trainable_parameters(*student, st);
@@ -164,7 +177,8 @@ int main(int argc, char** argv) {
   for (int64_t s = 0; s < steps + 1; ++s) {
     sync(dev);
     auto t0 = std::chrono::steady_clock::now();
-    train::kd_forward_backward(*student, *teacher, b, norm, st, true);
+    if (ild) train::ild_forward_backward(*student, *teacher, b, norm, st, true);
+    else train::kd_forward_backward(*student, *teacher, b, norm, st, true);
     train::clip_grad_norm(params, 1.0);
     opt.step(1e-5);
     opt.zero_grad();
@@ -175,7 +189,7 @@ int main(int argc, char** argv) {
   }
   std::printf("| pair | T | student params | tokens/s | peak GiB (whole step) | weights+state GiB before |\n");
   std::printf("|---|---|---|---|---|---|\n");
-  std::printf("| %s | %lld | %.1fM | %.0f | %.2f | %.2f |\n", pair.c_str(), static_cast<long long>(seq),
+  std::printf("| %s%s | %lld | %.1fM | %.0f | %.2f | %.2f |\n", pair.c_str(), ild ? " (ILD)" : " (KD)", static_cast<long long>(seq),
               static_cast<double>(parameter_count(student_cfg)) / 1e6,
               static_cast<double>(seq * steps) / std::max(total_secs, 1e-9), gib(peak_bytes(dev)), weights_gib);
   return 0;

@@ -47,6 +47,43 @@ const char* split_mode_name(TextSplit s) {
   return s == TextSplit::kFile ? "file" : s == TextSplit::kParagraphs ? "paragraphs" : "separator";
 }
 
+bool is_dataset_dir(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_directory(p, ec) && fs::exists(p / kIndexFile, ec);
+}
+
+// A dataset given as an input: its documents (train and held-out, with masks), checked to share this build's
+// vocabulary and document convention; held-out documents keep their text (from heldout.txt).
+struct DatasetInput {
+  std::vector<Document> train, heldout;
+  json index;
+};
+
+Result<DatasetInput> read_dataset_input(const fs::path& dir, const json& tokenizer) {
+  HYLO_TRY(auto ds, TokenDataset::open(dir));
+  HYLO_TRY(std::string text, read_text_file(dir / kIndexFile));
+  DatasetInput in;
+  in.index = json::parse(text, nullptr, false);
+  const json& t = in.index.contains("tokenizer") ? in.index["tokenizer"] : json::object();
+  const std::string theirs = t.value("fingerprint", std::string()), ours = tokenizer.value("fingerprint", std::string());
+  if (theirs != ours)
+    return make_error((dir / kIndexFile).string() + ": tokenizer.fingerprint " + theirs +
+                      " differs from this build's tokenizer (" + ours + "): a dataset of another vocabulary");
+  if (t.value("doc_end_id", json(nullptr)) != tokenizer.value("doc_end_id", json(nullptr)))
+    return make_error((dir / kIndexFile).string() + ": tokenizer.doc_end_id differs from this build's (--doc-end)");
+  in.train = read_documents(*ds, Split::kTrain);
+  in.heldout = read_documents(*ds, Split::kHeldout);
+  HYLO_TRY(std::string held_text, read_text_file(dir / kHeldoutTextFile));
+  const json docs = in.index["heldout"].value("documents", json::array());
+  for (size_t i = 0; i < in.heldout.size() && i < docs.size(); ++i) {
+    const json tb = docs[i].value("text_bytes", json());
+    if (tb.is_array() && tb.size() == 2 && tb[0].is_number_integer() && tb[1].is_number_integer() &&
+        tb[0].get<int64_t>() <= tb[1].get<int64_t>() && tb[1].get<size_t>() <= held_text.size())
+      in.heldout[i].text = held_text.substr(tb[0].get<size_t>(), tb[1].get<size_t>() - tb[0].get<size_t>());
+  }
+  return in;
+}
+
 }  // namespace
 
 Result<DataBuildSummary> build_token_dataset(const DataBuildOptions& o) try {
@@ -84,7 +121,8 @@ Result<DataBuildSummary> build_token_dataset(const DataBuildOptions& o) try {
   c.tokenizer = tokenizer_json(tokenizer, conv, tok_path.string());
 
   // Inputs, with the --heldout-file files appended when they are not inputs already.
-  std::vector<fs::path> roots = o.inputs;
+  std::vector<fs::path> roots, dataset_inputs;
+  for (const auto& r : o.inputs) (is_dataset_dir(r) ? dataset_inputs : roots).push_back(r);
   HYLO_TRY(std::vector<fs::path> files, expand_inputs(roots));
   HYLO_TRY(std::vector<fs::path> heldout_files, expand_inputs(o.heldout_files));
   std::map<std::string, bool> forced_heldout;
@@ -115,10 +153,27 @@ Result<DataBuildSummary> build_token_dataset(const DataBuildOptions& o) try {
     heldout_slices.push_back(std::move(d));
   }
 
-  // Tokenize every input file; documents in reading order.
+  // Documents in reading order: datasets given as inputs first, then every input file, tokenized.
   std::vector<Document> eligible;  // for the seeded draw
   std::vector<Document> heldout(std::make_move_iterator(heldout_slices.begin()),
                                 std::make_move_iterator(heldout_slices.end()));
+  for (const fs::path& dir : dataset_inputs) {
+    HYLO_TRY(DatasetInput in, read_dataset_input(dir, c.tokenizer));
+    const auto source = static_cast<int32_t>(c.sources.size());
+    // The merged dataset's own record of where its documents came from travels along.
+    c.sources.push_back(SourceRecord{dir.string(), "dataset",
+                                     json{{"dataset_sources", in.index.value("sources", json::array())},
+                                          {"dataset_heldout", in.index.value("heldout", json::object())},
+                                          {"dataset_build", in.index.value("build", json::object())}}});
+    for (auto& d : in.train) {
+      d.origin.source = source;
+      eligible.push_back(std::move(d));
+    }
+    for (auto& d : in.heldout) {
+      d.origin.source = source;
+      heldout.push_back(std::move(d));
+    }
+  }
   {
     std::unique_ptr<ProgressBar> bar;
     if (o.progress && !files.empty()) bar = std::make_unique<ProgressBar>("tokenizing", static_cast<int64_t>(files.size()), "file");
@@ -144,11 +199,27 @@ Result<DataBuildSummary> build_token_dataset(const DataBuildOptions& o) try {
   if (generating) {
     PromptCorpus corpus;
     {
-      HYLO_TRY(std::vector<fs::path> prompt_files, expand_inputs(o.prompts_from));
+      // A dataset as prompt source: its training documents, without BOS and the document end.
+      std::vector<fs::path> prompt_roots;
+      for (const auto& p : o.prompts_from) {
+        if (!is_dataset_dir(p)) {
+          prompt_roots.push_back(p);
+          continue;
+        }
+        HYLO_TRY(DatasetInput in, read_dataset_input(p, c.tokenizer));
+        for (const Document& d : in.train) {
+          auto b = d.tokens.begin(), e = d.tokens.end();
+          if (conv.bos_added && conv.bos_id && b != e && *b == static_cast<uint32_t>(*conv.bos_id)) ++b;
+          if (conv.doc_end_id && e != b && *(e - 1) == static_cast<uint32_t>(*conv.doc_end_id)) --e;
+          corpus.files.emplace_back(b, e);
+        }
+      }
+      HYLO_TRY(std::vector<fs::path> prompt_files, expand_inputs(prompt_roots));
       for (const auto& f : prompt_files)
         if (forced_heldout.count(canonical_key(f)) || excluded.count(canonical_key(f)))
           return make_error("--prompts-from: " + f.string() + " holds held-out text; prompts must come from training text");
-      corpus = tokenize_prompt_files(tokenizer, prompt_files);
+      PromptCorpus from_files = tokenize_prompt_files(tokenizer, prompt_files);
+      for (auto& f : from_files.files) corpus.files.push_back(std::move(f));
     }
     TeacherSampleOptions gen = o.gen;
     gen.sampling.seed = o.seed;

@@ -173,6 +173,23 @@ Status load_split(ShardedTokenDataset& ds, Split split, const json& index, const
 
 }  // namespace
 
+std::vector<Document> read_documents(const TokenDataset& data, Split split) {
+  const int64_t n = data.num_tokens(split);
+  std::vector<int64_t> ids(static_cast<size_t>(n));
+  std::vector<float> mask(static_cast<size_t>(n));
+  auto starts = std::make_unique<bool[]>(static_cast<size_t>(n));
+  data.read(split, 0, n, ids.data(), mask.data(), starts.get());
+  std::vector<Document> docs;
+  for (int64_t i = 0; i < n; ++i) {
+    if (starts[static_cast<size_t>(i)] || docs.empty()) docs.emplace_back();
+    Document& d = docs.back();
+    d.tokens.push_back(static_cast<uint32_t>(ids[static_cast<size_t>(i)]));
+    if (data.has_loss_mask()) d.mask.push_back(mask[static_cast<size_t>(i)] > 0 ? 1 : 0);
+  }
+  for (size_t i = 0; i < docs.size(); ++i) docs[i].origin.index = static_cast<int64_t>(i);
+  return docs;
+}
+
 Result<std::shared_ptr<const TokenDataset>> TokenDataset::open(const fs::path& dir) {
   const fs::path index_path = dir / kIndexFile;
   std::error_code ec;

@@ -59,6 +59,10 @@ struct DatasetContents {
 // not a dataset is refused). Files are written into `out`.staging-<pid> and committed atomically.
 Status write_token_dataset(const std::filesystem::path& out, const DatasetContents& contents);
 
+// The documents of one split of an opened dataset, in stream order: tokens, and the mask when the dataset has
+// one (text is left empty). Used to merge datasets (`hylo data OLD_DATASET ...`) and to slice prompts from one.
+std::vector<Document> read_documents(const TokenDataset& data, Split split);
+
 // Shard file stem of split `split`, shard `i`: "train-00000".
 std::string shard_stem(Split split, int64_t i);
 

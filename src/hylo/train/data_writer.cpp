@@ -121,9 +121,12 @@ Status write_token_dataset(const fs::path& out, const DatasetContents& c) {
 
   // The held-out text as plain text, documents separated by a blank line: `hylo perplexity MODEL heldout.txt`.
   std::string heldout_text;
+  std::vector<std::pair<int64_t, int64_t>> text_bytes;  // each held-out document's bytes in heldout.txt
   for (const Document& doc : c.heldout) {
     if (!heldout_text.empty()) heldout_text += "\n\n";
+    const auto begin = static_cast<int64_t>(heldout_text.size());
     heldout_text += doc.text;
+    text_bytes.emplace_back(begin, static_cast<int64_t>(heldout_text.size()));
   }
   if (auto s = write_file_atomic(staging / kHeldoutTextFile, heldout_text); !s.ok()) return fail(s.error_info());
 
@@ -152,7 +155,11 @@ Status write_token_dataset(const fs::path& out, const DatasetContents& c) {
     sources.push_back(std::move(s));
   }
   json heldout_list = json::array();
-  for (const Document& d : c.heldout) heldout_list.push_back(origin_json(d, c.sources));
+  for (size_t i = 0; i < c.heldout.size(); ++i) {
+    json j = origin_json(c.heldout[i], c.sources);
+    j["text_bytes"] = {text_bytes[i].first, text_bytes[i].second};
+    heldout_list.push_back(std::move(j));
+  }
 
   json index{{"format", kDatasetFormat},
              {"version", kDatasetVersion},

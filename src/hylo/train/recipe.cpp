@@ -14,6 +14,7 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string line_of(const YAML::Node& n) {
+  if (!n.IsDefined()) return "";  // a key set in `defaults`, not in the stage itself
   const auto m = n.Mark();
   return m.line >= 0 ? " (line " + std::to_string(m.line + 1) + ")" : "";
 }

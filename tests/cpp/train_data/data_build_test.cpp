@@ -184,6 +184,53 @@ TEST(BuildDataset, HeldOutLinesAreCutOutOfTheirFile) {
   EXPECT_FALSE(parse_heldout_lines("book.txt").ok());
 }
 
+TEST(BuildDataset, ADatasetAsInputKeepsItsDocumentsAndItsHeldOutSplit) {
+  REQUIRE_GPT2();
+  TempDir tmp;
+  write_corpus(tmp);
+  std::string book;
+  for (int i = 1; i <= 6; ++i) book += "Book line " + std::to_string(i) + ".\n";
+  testing::write_text(tmp / "book.txt", book);
+  DataBuildOptions o = base_options(tmp);
+  o.heldout_lines = {parse_heldout_lines((tmp / "book.txt").string() + ":2-3").value_or_throw()};
+  o.heldout_docs = 2;
+  build_token_dataset(o).value_or_throw();
+
+  testing::write_text(tmp / "extra.txt", "An extra document.");
+  DataBuildOptions m;
+  m.tokenizer = testing::gpt2_tokenizer();
+  m.out = tmp / "merged";
+  m.inputs = {tmp / "ds", tmp / "extra.txt"};
+  m.seed = 99;
+  m.progress = false;
+  const DataBuildSummary s = build_token_dataset(m).value_or_throw();
+  EXPECT_EQ(s.train_documents, 40 - 2 + 1);
+  EXPECT_EQ(s.heldout_documents, 3);
+  auto a = TokenDataset::open(tmp / "ds").value_or_throw();
+  auto b = TokenDataset::open(tmp / "merged").value_or_throw();
+  EXPECT_EQ(whole_split(*a, Split::kHeldout), whole_split(*b, Split::kHeldout));
+  EXPECT_EQ(testing::read_all(tmp / "ds" / "heldout.txt"), testing::read_all(tmp / "merged" / "heldout.txt"));
+  auto docs_of = [](const TokenDataset& d) {
+    std::multiset<std::vector<uint32_t>> set;
+    for (const auto& doc : read_documents(d, Split::kTrain)) set.insert(doc.tokens);
+    return set;
+  };
+  auto want = docs_of(*a);
+  const auto tok = tok::Tokenizer::from_path(testing::gpt2_tokenizer()).value_or_throw();
+  auto extra = tok.encode("An extra document.");
+  extra.push_back(*tok.token_to_id("<|endoftext|>"));
+  want.insert(std::vector<uint32_t>(extra.begin(), extra.end()));
+  EXPECT_EQ(docs_of(*b), want);
+  // Another vocabulary is refused.
+  const auto llama = testing::data_root() / "tokenizers/llama3_2";
+  if (std::filesystem::exists(llama / "tokenizer.json")) {
+    m.tokenizer = llama;
+    auto r = build_token_dataset(m);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().find("fingerprint"), std::string::npos) << r.error();
+  }
+}
+
 TEST(BuildDataset, HeldOutFileAndJsonlFields) {
   REQUIRE_GPT2();
   TempDir tmp;
