@@ -190,5 +190,27 @@ TEST(TrainerDist, ResumeOnAnotherNumberOfRanks) {
   }
 }
 
+// The command line itself: `hylo train --nproc 2` (the binary beside this test's) launches two ranks and ends
+// where one rank does; a bad recipe fails once, before any rank starts.
+TEST(TrainerDist, HyloTrainNprocTwoOnTheCommandLine) {
+  fs::path hylo = fs::read_symlink("/proc/self/exe").parent_path() / "hylo";
+  ASSERT_TRUE(fs::exists(hylo)) << hylo << " is not built (cmake --build ... --target hylo)";
+  Fixture f;
+  f.run_here(1, f.root / "a");
+  f.run_here(2, f.root / "a2");
+  std::string cmd = hylo.string() + " train --nproc 2 --quiet --recipe " + (f.root / "recipe_m1.yaml").string() +
+                    " --out " + (f.root / "cli").string() + " > " + (f.root / "cli.log").string() + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text(f.root / "cli.log");
+  Reference ref = reorder_noise(f, "kd");
+  EXPECT_LE(max_diff(f.root / "a" / "kd" / "final", f.root / "cli" / "kd" / "final"), ref.bound);
+
+  std::string bad = hylo.string() + " train --nproc 2 --quiet --recipe " + (f.root / "missing.yaml").string() +
+                    " --out " + (f.root / "bad").string() + " > " + (f.root / "bad.log").string() + " 2>&1";
+  EXPECT_NE(std::system(bad.c_str()), 0);
+  std::string log = read_text(f.root / "bad.log");
+  EXPECT_NE(log.find("missing.yaml"), std::string::npos) << log;
+  EXPECT_EQ(log.find("rank"), std::string::npos) << "ranks were started for a bad recipe: " << log;
+}
+
 }  // namespace
 }  // namespace hylo::train
