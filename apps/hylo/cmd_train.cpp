@@ -59,6 +59,16 @@ int run_train(const TrainArgs& a) {
   o.progress = !a.quiet;
   train::RunSummary summary;
   train::run_recipe(recipe, o, &summary).value_or_throw();
+  if (rank.hooks && rank.hooks->rank() == 0) {
+    // Issue 12 reports how much of the gradient all-reduce hid behind backward.
+    train::GradSyncStats g = rank.hooks->grad_stats();
+    std::fprintf(stderr,
+                 "data parallel (%d ranks, %s, ZeRO-1 %s): %lld gradient buckets started during backward, %lld "
+                 "after it; rank 0 waited %.3f s for all-reduces after backward (exposed communication)\n",
+                 rank.hooks->world(), rank.hooks->group().backend_name().c_str(), a.no_zero1 ? "off" : "on",
+                 static_cast<long long>(g.buckets_launched_in_backward),
+                 static_cast<long long>(g.buckets_launched_in_finish), g.exposed_wait_seconds);
+  }
   if (summary.stopped)
     std::fprintf(stderr, "stopped after --stop-after %lld steps; continue with --resume\n",
                  static_cast<long long>(a.stop_after));

@@ -201,6 +201,9 @@ TEST(TrainerDist, HyloTrainNprocTwoOnTheCommandLine) {
   std::string cmd = hylo.string() + " train --nproc 2 --quiet --recipe " + (f.root / "recipe_m1.yaml").string() +
                     " --out " + (f.root / "cli").string() + " > " + (f.root / "cli.log").string() + " 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text(f.root / "cli.log");
+  std::string cli_log = read_text(f.root / "cli.log");
+  EXPECT_NE(cli_log.find("data parallel (2 ranks, gloo, ZeRO-1 on)"), std::string::npos) << cli_log;
+  std::cout << cli_log;
   Reference ref = reorder_noise(f, "kd");
   EXPECT_LE(max_diff(f.root / "a" / "kd" / "final", f.root / "cli" / "kd" / "final"), ref.bound);
 
