@@ -7,6 +7,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <thread>
@@ -211,7 +212,10 @@ void check_peer_failure(const std::string& mode) {
     EXPECT_LT(seconds, 20.0);
   } else {
     // Rank 0 timed out first; the launcher then stopped the hung rank 1.
-    EXPECT_NE(err.find("timed out"), std::string::npos) << err;
+    // Gloo says "Operation timed out!" or "Timed out waiting ..." depending on where the wait was.
+    std::string lower = err;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    EXPECT_NE(lower.find("timed out"), std::string::npos) << err;
     EXPECT_NE(err.find("HYLO_DIST_TIMEOUT_S"), std::string::npos) << err;
     EXPECT_EQ(rep.first_failed_rank, 0) << rep.message;
     EXPECT_TRUE(rep.ranks[1].signaled) << rep.message;
