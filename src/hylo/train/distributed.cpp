@@ -126,7 +126,10 @@ c10::intrusive_ptr<c10d::Work> ProcessGroup::broadcast_async(at::Tensor& tensor,
 void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) {
   std::string cause;
   try {
-    if (work->wait(timeout_)) return;
+    // NCCL: wait() without a timeout only makes the current CUDA stream wait (the host runs on, as DDP's does);
+    // with one it would block the host until the collective ends. Its timeout is the watchdog's, set from the
+    // same value at creation. Gloo: the host waits, bounded by the timeout.
+    if (device_.is_cuda() ? work->wait() : work->wait(timeout_)) return;
     cause = "it did not complete within the timeout of " + std::to_string(timeout_.count() / 1000) +
             " s (HYLO_DIST_TIMEOUT_S)";
   } catch (const std::exception& e) {

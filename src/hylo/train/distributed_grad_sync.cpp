@@ -6,6 +6,8 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <string>
 
 namespace hylo::train {
 
@@ -54,6 +56,8 @@ GradientBuckets::GradientBuckets(std::shared_ptr<ProcessGroup> group, std::vecto
   work_.resize(buckets_.size());
   pending_.assign(buckets_.size(), 0);
   param_ready_.assign(params_.size(), false);
+  const char* timing = std::getenv("HYLO_DIST_SYNC_TIMING");
+  sync_timing_ = timing != nullptr && std::string(timing) == "1";
   for (size_t i = 0; i < params_.size(); ++i) {
     torch::autograd::impl::set_post_acc_grad_hooks(params_[i], std::make_unique<GradReadyHook>(this, i));
   }
@@ -120,6 +124,9 @@ void GradientBuckets::finish() {
                                std::to_string(buckets_.size()));
     work_[b].reset();
   }
+  // On CUDA the waits above only order streams; with HYLO_DIST_SYNC_TIMING=1 the host also waits for the
+  // reduced values (a one-element copy), so exposed_wait_seconds is the real exposed time (costs a sync).
+  if (sync_timing_ && !flat_.empty() && flat_.back().is_cuda()) (void)flat_.back().narrow(0, 0, 1).cpu();
   stats_.exposed_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   at::NoGradGuard no_grad;
   for (size_t b = 0; b < buckets_.size(); ++b) {

@@ -34,7 +34,9 @@ std::vector<std::vector<size_t>> plan_gradient_buckets(const std::vector<at::Ten
 struct GradSyncStats {
   int64_t buckets_launched_in_backward = 0;  // started from hooks, i.e. overlapped with backward
   int64_t buckets_launched_in_finish = 0;    // started only in finish()
-  double exposed_wait_seconds = 0;           // time finish() spent waiting for all-reduces (not overlapped)
+  // Time finish() spent waiting for all-reduces (not overlapped). Gloo: real. NCCL: only with
+  // HYLO_DIST_SYNC_TIMING=1 (otherwise the waits are stream-ordered and the host does not block).
+  double exposed_wait_seconds = 0;
 };
 
 class GradientBuckets {
@@ -70,6 +72,7 @@ class GradientBuckets {
   std::vector<bool> param_ready_;
   size_t next_launch_ = 0;
   bool armed_ = false;
+  bool sync_timing_ = false;  // HYLO_DIST_SYNC_TIMING=1: make exposed_wait_seconds real on CUDA
   std::mutex mutex_;
   GradSyncStats stats_;
 };
