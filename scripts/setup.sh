@@ -9,7 +9,8 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # --- Debian packages -----------------------------------------------------------------------------------------
 apt_pkgs=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
-          libgtest-dev libgmock-dev libpcre2-dev clang libclang-rt-14-dev xz-utils)
+          libgtest-dev libgmock-dev libpcre2-dev clang libclang-rt-14-dev xz-utils
+          libgloo-dev)  # gloo headers for ProcessGroupGloo.hpp (the torch wheel has Gloo built in, no headers)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

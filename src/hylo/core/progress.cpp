@@ -44,9 +44,10 @@ void ProgressBar::draw(bool final) {
   int filled = static_cast<int>(std::lround(frac * width));
   std::string bar(static_cast<size_t>(filled), '#');
   bar.resize(width, '.');
-  std::fprintf(stderr, "%s%s [%s] %lld/%lld %.1f %s/s ETA %s elapsed %s%s", tty_ ? "\r" : "", label_.c_str(),
+  std::fprintf(stderr, "%s%s [%s] %lld/%lld %.1f %s/s ETA %s elapsed %s%s%s%s", tty_ ? "\r" : "", label_.c_str(),
                bar.c_str(), static_cast<long long>(done_), static_cast<long long>(total_), rate, unit_.c_str(),
-               eta.c_str(), format_duration(elapsed).c_str(), (final || !tty_) ? "\n" : "");
+               eta.c_str(), format_duration(elapsed).c_str(), status_.empty() ? "" : " ", status_.c_str(),
+               tty_ ? "\x1b[K" : "", (final || !tty_) ? "\n" : "");
   std::fflush(stderr);
 }
 

@@ -15,10 +15,12 @@ class ProgressBar {
   void advance(int64_t n = 1);
   void set(int64_t done);
   void finish();
+  // Text shown after the bar (e.g. "loss 2.31 lr 6e-05"), drawn with the next update.
+  void set_status(std::string status) { status_ = std::move(status); }
 
  private:
   void draw(bool final);
-  std::string label_, unit_;
+  std::string label_, unit_, status_;
   int64_t total_ = 0, done_ = 0, drawn_ = -1;  // drawn_: done_ at the last line printed
   bool tty_ = false, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;

@@ -69,21 +69,28 @@ CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options)
 
 CausalLM::~CausalLM() = default;
 
+void CausalLM::visit_block_parameters(int64_t i, const ParamVisitor& visit) {
+  Block& b = *blocks_.at(static_cast<size_t>(i));
+  const std::string p = "model.layers." + std::to_string(i) + ".";
+  visit(p + "input_layernorm.weight", b.input_norm);
+  b.mixer->visit_parameters(p, visit);
+  visit(p + "post_attention_layernorm.weight", b.post_norm);
+  visit(p + "mlp.gate_proj.weight", b.gate_w);
+  if (b.gate_b.defined()) visit(p + "mlp.gate_proj.bias", b.gate_b);
+  visit(p + "mlp.up_proj.weight", b.up_w);
+  if (b.up_b.defined()) visit(p + "mlp.up_proj.bias", b.up_b);
+  visit(p + "mlp.down_proj.weight", b.down_w);
+  if (b.down_b.defined()) visit(p + "mlp.down_proj.bias", b.down_b);
+}
+
+void CausalLM::visit_mixer_parameters(const ParamVisitor& visit) {
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    blocks_[i]->mixer->visit_parameters("model.layers." + std::to_string(i) + ".", visit);
+}
+
 void CausalLM::visit_parameters(const ParamVisitor& visit) {
   visit("model.embed_tokens.weight", embed_tokens_);
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    Block& b = *blocks_[i];
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    visit(p + "input_layernorm.weight", b.input_norm);
-    b.mixer->visit_parameters(p, visit);
-    visit(p + "post_attention_layernorm.weight", b.post_norm);
-    visit(p + "mlp.gate_proj.weight", b.gate_w);
-    if (b.gate_b.defined()) visit(p + "mlp.gate_proj.bias", b.gate_b);
-    visit(p + "mlp.up_proj.weight", b.up_w);
-    if (b.up_b.defined()) visit(p + "mlp.up_proj.bias", b.up_b);
-    visit(p + "mlp.down_proj.weight", b.down_w);
-    if (b.down_b.defined()) visit(p + "mlp.down_proj.bias", b.down_b);
-  }
+  for (size_t i = 0; i < blocks_.size(); ++i) visit_block_parameters(static_cast<int64_t>(i), visit);
   visit("model.norm.weight", final_norm_);
   if (lm_head_.defined()) visit("lm_head.weight", lm_head_);
 }
@@ -128,6 +135,22 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& ids_in, ModelState* state)
   if (state) state->length += t;
   return ops::rms_norm(h, final_norm_, eps);  // [B, T, D]
 }
+
+at::Tensor CausalLM::embed(const at::Tensor& ids) const { return at::embedding(embed_tokens_, ids); }
+
+CausalLM::BlockOutput CausalLM::forward_block(int64_t i, const at::Tensor& h, const at::Tensor& positions) {
+  Block& b = *blocks_.at(static_cast<size_t>(i));
+  const double eps = config_.rms_norm_eps;
+  BlockOutput out;
+  at::Tensor x = ops::rms_norm(h, b.input_norm, eps);        // [B, T, D]
+  out.mixer_out = b.mixer->forward(x, positions, nullptr);   // [B, T, D]
+  at::Tensor r = h + out.mixer_out;
+  x = ops::rms_norm(r, b.post_norm, eps);
+  out.hidden = r + ops::swiglu_mlp(x, b.gate_w, b.up_w, b.down_w, b.gate_b, b.up_b, b.down_b);
+  return out;
+}
+
+at::Tensor CausalLM::final_norm(const at::Tensor& h) const { return ops::rms_norm(h, final_norm_, config_.rms_norm_eps); }
 
 at::Tensor CausalLM::lm_head(const at::Tensor& hidden) const {
   const at::Tensor& w = lm_head_.defined() ? lm_head_ : embed_tokens_;  // [V, D]

@@ -50,6 +50,22 @@ class CausalLM {
   // Every parameter with its checkpoint name (tied heads are visited once, as the embedding).
   void visit_parameters(const ParamVisitor& visit);
 
+  // Block-level access for training (train/): per-layer teacher forcing (Enhanced ILD), activation checkpointing
+  // per block and the logit-free KL. forward_hidden is exactly embed -> forward_block for each block -> final_norm.
+  int64_t num_blocks() const { return static_cast<int64_t>(blocks_.size()); }
+  at::Tensor embed(const at::Tensor& ids) const;  // ids [B, T] int64 on the model's device -> [B, T, D]
+  struct BlockOutput {
+    at::Tensor hidden;     // [B, T, D] the block's output (input + mixer out + MLP out)
+    at::Tensor mixer_out;  // [B, T, D] the token mixer's output before the residual add
+  };
+  // Stateless forward of block i on its input h [B, T, D]; positions [T] int64.
+  BlockOutput forward_block(int64_t i, const at::Tensor& h, const at::Tensor& positions);
+  at::Tensor final_norm(const at::Tensor& h) const;  // [B, T, D] -> [B, T, D]
+  const at::Tensor& head_weight() const { return lm_head_.defined() ? lm_head_ : embed_tokens_; }  // [V, D]
+  // The parameters of block i / of the token mixers only, with the names visit_parameters gives them.
+  void visit_block_parameters(int64_t i, const ParamVisitor& visit);
+  void visit_mixer_parameters(const ParamVisitor& visit);
+
   // Where the tokenizer for this model lives (the model directory or the GGUF file).
   const std::filesystem::path& source() const { return source_; }
 
