@@ -4,7 +4,8 @@
 //         must emit the same text piecewise, and with bit 1 set, encoding with special tokens must add exactly
 //         the template's <|endoftext|> in front.
 //   even with bit 2 set: the same with the SentencePiece-score GGUF vocabulary tests/data/tokenizer/tiny_spm.gguf
-//         (llama.cpp's SPM algorithm): ids in range, decode is valid UTF-8 and equals StreamDecoder's output, and for
+//         (llama.cpp's SPM algorithm): ids in range, decode is valid UTF-8 and (without U+FFFD) equals StreamDecoder's
+//         output, and for
 //         valid UTF-8 without special-token text or U+2581 decode(encode(x)) == x; with bit 1 set, <s> is added in front.
 //   odd:  the rest is a tokenizer.json; loading must end in a tokenizer or an error (never a crash), and an
 //         accepted tokenizer must encode and decode a fixed text.
@@ -47,7 +48,10 @@ int fuzz_spm(uint8_t mode, const std::string& rest) {
   std::string streamed;
   for (int32_t id : ids) streamed += sd.push(id);
   streamed += sd.flush();
-  if (streamed != text) std::abort();
+  if (!hylo::tok::utf8_valid(streamed)) std::abort();
+  // A run of byte tokens that is not UTF-8 decodes to U+FFFD per byte as a whole (tokenizers' ByteFallback), so
+  // a stream cut inside such a run may differ; without U+FFFD in the text the stream must equal decode.
+  if (text.find("\xEF\xBF\xBD") == std::string::npos && streamed != text) std::abort();
   return 0;
 }
 

@@ -340,7 +340,10 @@ std::string StreamDecoder::push(int32_t id) {
   const auto window = std::span<const int32_t>(ids_).subspan(prefix_index_);
   std::string text = tok_.decode(window, skip_special_);
   // Text ending in U+FFFD may be a character whose remaining bytes come with the next token: wait for it.
-  if (text.size() <= prefix_.size() || (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0))
+  // A window that no longer starts with the emitted text (a byte-fallback run that turned invalid, which decodes
+  // to U+FFFD per byte as a whole) waits too: cutting it at prefix_.size() could split a character.
+  if (text.size() <= prefix_.size() || (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) ||
+      text.compare(0, prefix_.size(), prefix_) != 0)
     return {};
   std::string fresh = text.substr(prefix_.size());
   // The emitted ids become the decoding context of the next window.
@@ -353,7 +356,17 @@ std::string StreamDecoder::push(int32_t id) {
 std::string StreamDecoder::flush() {
   const auto window = std::span<const int32_t>(ids_).subspan(prefix_index_);
   std::string text = tok_.decode(window, skip_special_);
-  std::string fresh = text.size() > prefix_.size() ? text.substr(prefix_.size()) : std::string();
+  std::string fresh;
+  if (text.compare(0, prefix_.size(), prefix_) == 0) {
+    fresh = text.substr(prefix_.size());
+  } else {
+    // The window diverged from the emitted text (a byte-fallback run that turned invalid; see push): emit what
+    // follows their longest common start, from a character boundary, so the stream stays valid UTF-8.
+    std::size_t common = 0;
+    while (common < prefix_.size() && common < text.size() && prefix_[common] == text[common]) ++common;
+    while (common > 0 && common < text.size() && (static_cast<unsigned char>(text[common]) & 0xC0) == 0x80) --common;
+    fresh = text.substr(common);
+  }
   ids_.clear();
   prefix_.clear();
   prefix_index_ = read_index_ = 0;
