@@ -38,7 +38,7 @@ upcycle-demo: build
 	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json --threads 1
 
 # A short CPU distillation (KD) of the upcycle demo's hybrid: Moby-Dick tokenized by `hylo data` (chapters 1-31
-# held out), 12 steps of 4 x 64 tokens, held-out loss every 4 steps (metrics.jsonl, loss.svg beside the run).
+# held out), 20 steps of 4 x 64 tokens, held-out loss every 5 steps (metrics.jsonl, loss.svg beside the run).
 TRAIN_DEMO_OUT ?= build/train-demo
 train-demo: build
 	@$(ENV) build/bin/hylo data --tokenizer "$$HYLO_TEACHER_GGUF" --out $(TRAIN_DEMO_OUT)/data --paragraphs \
