@@ -35,7 +35,8 @@ run: build
 UPCYCLE_DEMO_OUT ?= build/upcycle-demo/smollm2-135m-6mla24gdn
 upcycle-demo: build
 	@$(ENV) build/bin/hylo upcycle "$$HYLO_TEACHER_GGUF" --plan recipes/plans/smollm2-135m-6mla24gdn.yaml \
-	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json --threads 1
+	  --out $(UPCYCLE_DEMO_OUT) --json $(UPCYCLE_DEMO_OUT).report.json --threads 1 \
+	  --calibration "$$HYLO_DATA/text/moby-dick.txt"
 
 # A short CPU distillation (KD) of the upcycle demo's hybrid: Moby-Dick tokenized by `hylo data` (chapters 1-31
 # held out), 20 steps of 4 x 64 tokens, held-out loss every 5 steps (metrics.jsonl, loss.svg beside the run).

@@ -3,6 +3,9 @@
 //         decode(encode(x)) must equal the lossy UTF-8 reading of x (byte-level BPE is lossless), StreamDecoder
 //         must emit the same text piecewise, and with bit 1 set, encoding with special tokens must add exactly
 //         the template's <|endoftext|> in front.
+//   even with bit 2 set: the same with the SentencePiece-score GGUF vocabulary tests/data/tokenizer/tiny_spm.gguf
+//         (llama.cpp's SPM algorithm): ids in range, decode is valid UTF-8 and equals StreamDecoder's output, and for
+//         valid UTF-8 without special-token text or U+2581 decode(encode(x)) == x; with bit 1 set, <s> is added in front.
 //   odd:  the rest is a tokenizer.json; loading must end in a tokenizer or an error (never a crash), and an
 //         accepted tokenizer must encode and decode a fixed text.
 #include <algorithm>
@@ -16,6 +19,38 @@
 #include "hylo/io/tokenizer/unicode.h"
 
 namespace {
+const hylo::tok::Tokenizer& spm_tokenizer() {
+  static hylo::tok::Tokenizer tok = [] {
+    const auto path = std::filesystem::path(__FILE__).parent_path().parent_path() / "tests/data/tokenizer/tiny_spm.gguf";
+    return hylo::tok::Tokenizer::from_path(path).value_or_throw();
+  }();
+  return tok;
+}
+
+int fuzz_spm(uint8_t mode, const std::string& rest) {
+  const auto& tok = spm_tokenizer();
+  const auto ids = tok.encode(rest, false);
+  for (int32_t id : ids)
+    if (id < 0 || id >= tok.vocab_size()) std::abort();
+  const std::string text = tok.decode(ids, false);
+  if (!hylo::tok::utf8_valid(text)) std::abort();
+  const bool plain = hylo::tok::utf8_valid(rest) && rest.find("<s>") == std::string::npos &&
+                     rest.find("</s>") == std::string::npos && rest.find("<unk>") == std::string::npos &&
+                     rest.find("<|u|>") == std::string::npos &&
+                     rest.find("\xE2\x96\x81") == std::string::npos;  // a literal U+2581 decodes to a space
+  if (plain && text != rest) std::abort();
+  if (mode & 2) {
+    auto with = tok.encode(rest, true);
+    if (with.empty() || with[0] != 1 || !std::equal(with.begin() + 1, with.end(), ids.begin(), ids.end())) std::abort();
+  }
+  hylo::tok::StreamDecoder sd(tok, /*skip_special_tokens=*/false);
+  std::string streamed;
+  for (int32_t id : ids) streamed += sd.push(id);
+  streamed += sd.flush();
+  if (streamed != text) std::abort();
+  return 0;
+}
+
 const hylo::tok::Tokenizer& fixed_tokenizer() {
   static hylo::tok::Tokenizer tok = [] {
     const auto path = std::filesystem::path(__FILE__).parent_path().parent_path() / "tests/data/tokenizer/tiny_bytelevel.json";
@@ -28,6 +63,7 @@ const hylo::tok::Tokenizer& fixed_tokenizer() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
+  if ((data[0] & 1) == 0 && (data[0] & 4)) return fuzz_spm(data[0], rest);
   if ((data[0] & 1) == 0) {
     const auto& tok = fixed_tokenizer();
     const auto ids = tok.encode(rest, false);

@@ -54,6 +54,28 @@ if [[ "$(cat "$mamba_ref/.version" 2>/dev/null)" != "$mamba_ver" ]]; then
   rm -rf "$tmp"
 fi
 
+# --- llama.cpp's converter and vocabulary tests (GGUF oracles): from the llama-cpp-python sdist, never built -----
+# convert_hf_to_gguf.py (+ conversion/, gguf-py/) turns transformers checkpoints into GGUF files as users get them;
+# models/ggml-vocab-*.gguf with their .inp/.out hold llama.cpp's own expected tokenizations. pip reads the sdist's
+# metadata through its build backend (scikit-build-core, metadata only: no compiler runs), given on PYTHONPATH.
+llamacpp_ver=0.3.36
+llamacpp_dir="$HYLO_CACHE/oracles/llama.cpp"
+if [[ "$(cat "$llamacpp_dir/.version" 2>/dev/null)" != "$llamacpp_ver" ]]; then
+  log "fetching the llama-cpp-python==$llamacpp_ver source for llama.cpp's converter and vocabularies"
+  tmp="$(mktemp -d)"
+  "$HYLO_VENV/bin/python" -m pip download -q --no-deps scikit-build-core pathspec -d "$tmp/tools"
+  for w in "$tmp"/tools/*.whl; do "$HYLO_VENV/bin/python" -m zipfile -e "$w" "$tmp/tools/site"; done
+  PYTHONPATH="$tmp/tools/site" "$HYLO_VENV/bin/python" -m pip download -q --no-deps --no-build-isolation \
+    --no-binary :all: "llama-cpp-python==$llamacpp_ver" -d "$tmp"
+  top="llama_cpp_python-$llamacpp_ver/vendor/llama.cpp"
+  tar xzf "$tmp/llama_cpp_python-$llamacpp_ver.tar.gz" -C "$tmp" "$top/convert_hf_to_gguf.py" "$top/conversion" \
+    "$top/gguf-py" --wildcards "$top/models/ggml-vocab-*"
+  rm -rf "$llamacpp_dir" && mkdir -p "$(dirname "$llamacpp_dir")"
+  mv "$tmp/$top" "$llamacpp_dir"
+  echo "$llamacpp_ver" >"$llamacpp_dir/.version"
+  rm -rf "$tmp"
+fi
+
 # --- shared data (tokenizers and text), unpacked outside git ------------------------------------------------
 mkdir -p "$HYLO_DATA"
 for tarball in tokenizers text; do

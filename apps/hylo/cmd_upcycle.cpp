@@ -7,7 +7,8 @@
 // Turns a Transformer (HF directory or GGUF) into the hybrid the layer plan describes (src/hylo/upcycle/upcycler.h),
 // writes it as a hylo checkpoint directory (config.json + model.safetensors + tokenizer, committed atomically),
 // and prints the report: per layer the mixer, ranks, reconstruction errors, parameters, KV bytes per token before
-// and after, the KV memory at a few context lengths, and the teacher -> hybrid KL on calibration text.
+// and after, the KV memory at a few context lengths, and the teacher -> hybrid KL on calibration text (--calibration;
+// without it the KL is skipped and the report says so).
 // --stage1 mla|linear makes the pure-MLA or pure-linear Stage-I model of the plan; --smart K picks the K MLA layers
 // by SMART (HYLO.md 7.1) from Stage-I models of this teacher; --assemble builds the hybrid
 // from two Stage-I checkpoints (HYLO.md 3.4).
@@ -83,7 +84,9 @@ LayerPlan select_smart_plan(CausalLM& teacher, const LayerPlan& plan, const Upcy
   so.progress = false;
   auto mla = upcycle(teacher, stage1_plan(plan, false), so).value_or_throw().model;
   auto lin = upcycle(teacher, stage1_plan(plan, true), so).value_or_throw().model;
-  const auto text = resolve_calibration_text(opts.calibration_text).value_or_throw();
+  if (opts.calibration_text.empty())
+    throw Error("upcycle --smart scores layers by KL on calibration text: pass --calibration FILE (any text file)");
+  const auto text = opts.calibration_text;
   at::Tensor ids = calibration_ids(text, teacher.source(), opts.calibration_tokens).value_or_throw();
   const int64_t L = teacher.config().num_layers();
   SmartResult sr = [&] {
@@ -186,7 +189,7 @@ CommandRun setup(CLI::App& app) {
   app.add_option("--plan", a->plan, "layer plan YAML (recipes/plans/*.yaml)")->required();
   app.add_option("--out", a->out, "output checkpoint directory (replaced atomically)")->required();
   CLI::Option* calibration =
-      app.add_option("--calibration", a->calibration, "text for the KL after init (default $HYLO_DATA/text/moby-dick.txt)");
+      app.add_option("--calibration", a->calibration, "text for the KL after init (without it the KL is skipped)");
   CLI::Option* calibration_tokens =
       app.add_option("--calibration-tokens", a->calibration_tokens, "tokens of calibration text (0: skip the KL)")
           ->capture_default_str()

@@ -171,7 +171,7 @@ def test_smollm2_upcycle_kv_budget(tmp_path, plan):
     out, report = tmp_path / "hybrid", tmp_path / "report.json"
     t0 = time.monotonic()
     r = run_hylo(GGUF, "--plan", SRC / "recipes" / "plans" / f"{plan}.yaml", "--out", out, "--json", report,
-                 "--no-progress")
+                 "--no-progress", "--calibration", DATA / "text" / "moby-dick.txt")
     wall = time.monotonic() - t0
     assert r.returncode == 0, r.stderr + r.stdout
     print(r.stdout)

@@ -3,6 +3,8 @@
 #include <array>
 #include <cstring>
 
+#include "hylo/config/rope_freq_factors.h"
+
 namespace hylo {
 
 namespace {
@@ -148,9 +150,14 @@ Result<ModelConfig> model_config_from_gguf(const io::GgufFile& f) {
   }
   if (c.rope.type != "default" && !(c.rope.factor > 0))
     return make_error(where + ": rope.scaling.factor must be positive");
-  if (f.find("rope_freqs.weight") != nullptr)
-    return make_error(where + ": tensor \"rope_freqs.weight\" (llama3-style RoPE scaling baked into per-frequency "
-                              "factors) is not supported; use the HF checkpoint of this model");
+  if (const auto* rf = f.find("rope_freqs.weight"); rf != nullptr) {
+    // llama3 RoPE scaling as llama.cpp's converter stores it: per-frequency factors that divide the frequencies.
+    if (c.rope.type != "default")
+      return make_error(where + ": tensor \"rope_freqs.weight\" together with rope.scaling.type \"" + scaling +
+                        "\" (llama.cpp applies both; hylo supports the factors alone, as Llama-3.x GGUFs have them)");
+    HYLO_TRY(std::vector<float> factors, f.dequantize("rope_freqs.weight"));
+    HYLO_TRY(c.rope, rope_from_freq_factors(factors, c.rope.theta, head_dim, where + ": tensor \"rope_freqs.weight\""));
+  }
 
   // Vocabulary: the embedding matrix is the truth; else <arch>.vocab_size; else the tokenizer's token list.
   if (const auto* emb = f.find("token_embd.weight"); emb != nullptr && emb->dims.size() == 2) {

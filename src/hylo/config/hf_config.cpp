@@ -165,6 +165,15 @@ Result<RopeConfig> parse_rope(const json& j, const std::string& source, int64_t 
     rope.low_freq_factor = *lo;
     rope.high_freq_factor = *hi;
     rope.original_max_position_embeddings = original;
+    if (params->contains("freq_factors")) {
+      const json& ff = params->at("freq_factors");
+      if (!ff.is_array() || static_cast<int64_t>(ff.size()) < 1)
+        return make_error(r.where("freq_factors") + ": expected an array of numbers (hylo: llama.cpp's RoPE factors)");
+      for (const auto& v : ff) {
+        if (!v.is_number()) return make_error(r.where("freq_factors") + ": expected an array of numbers");
+        rope.freq_factors.push_back(v.get<float>());
+      }
+    }
   } else if (rope.type == "yarn") {
     rope.original_max_position_embeddings = original;
     // HF: a missing factor is max_position_embeddings / original_max_position_embeddings.
@@ -404,6 +413,9 @@ nlohmann::json hf_config_to_json(const ModelConfig& c) {
     rope["low_freq_factor"] = c.rope.low_freq_factor;
     rope["high_freq_factor"] = c.rope.high_freq_factor;
     rope["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
+    // From a llama.cpp GGUF teacher: its exact per-frequency factors (transformers ignores the extra key and
+    // derives equal factors, up to fp32 rounding, from the four above).
+    if (!c.rope.freq_factors.empty()) rope["freq_factors"] = c.rope.freq_factors;
   } else if (c.rope.type == "yarn") {
     rope["factor"] = c.rope.factor;
     rope["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;

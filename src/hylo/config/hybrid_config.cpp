@@ -18,6 +18,7 @@ json rope_to_json(const RopeConfig& r) {
     j["high_freq_factor"] = r.high_freq_factor;
   }
   if (r.original_max_position_embeddings > 0) j["original_max_position_embeddings"] = r.original_max_position_embeddings;
+  if (!r.freq_factors.empty()) j["freq_factors"] = r.freq_factors;  // llama.cpp's, from a GGUF teacher: kept exact
   if (r.type == "yarn") {
     j["beta_fast"] = r.beta_fast;
     j["beta_slow"] = r.beta_slow;
@@ -84,6 +85,14 @@ Result<RopeConfig> rope_from_json(const json& j, const std::string& where) {
     rope.attention_factor = af;
   }
   HYLO_TRY(rope.truncate, r.boolean_or("truncate", rope.truncate));
+  if (j.contains("freq_factors")) {
+    const json& ff = j["freq_factors"];
+    if (!ff.is_array()) return make_error(where + ".freq_factors: expected an array of numbers");
+    for (const auto& v : ff) {
+      if (!v.is_number()) return make_error(where + ".freq_factors: expected an array of numbers");
+      rope.freq_factors.push_back(v.get<float>());
+    }
+  }
   return rope;
 }
 

@@ -37,6 +37,9 @@ struct RopeConfig {
   double mscale_all_dim = 0.0;
   std::optional<double> attention_factor;  // HF yarn: overrides the 0.1*ln(factor)+1 cos/sin scale
   bool truncate = true;                    // HF yarn: round the correction range to integers
+  // llama.cpp's per-frequency factors (GGUF rope_freqs.weight, config/rope_freq_factors.h): when present, frequency
+  // i is base^(-2i/d) / freq_factors[i] (as llama.cpp applies them) instead of the formula of `type`. [d/2]
+  std::vector<float> freq_factors;
 };
 
 // Grouped-query softmax attention (the Transformer teacher's mixer). MHA: kv == heads; MQA: kv == 1.

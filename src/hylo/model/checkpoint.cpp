@@ -4,6 +4,9 @@
 
 #include <vector>
 
+#include <map>
+
+#include "hylo/config/amd_export.h"
 #include "hylo/config/hybrid_config.h"
 #include "hylo/core/file_util.h"
 #include "hylo/io/gguf.h"
@@ -41,8 +44,25 @@ Status copy_tokenizer(const fs::path& source, const fs::path& staging) {
   return make_error(source.string() + ": not a tokenizer source (expected a model directory, tokenizer.json or .gguf)");
 }
 
-Status write_all(CausalLM& model, const fs::path& staging, const fs::path& tokenizer_source) {
-  HYLO_CHECK_OK(write_file_atomic(staging / "config.json", checkpoint_config_to_json(model.config()).dump(2) + "\n"));
+Status write_config(CausalLM& model, const fs::path& staging, CheckpointLayout layout) {
+  if (layout == CheckpointLayout::kHylo)
+    return write_file_atomic(staging / "config.json", checkpoint_config_to_json(model.config()).dump(2) + "\n");
+  std::map<std::string, std::vector<int64_t>> shapes;
+  model.visit_parameters([&](const std::string& name, at::Tensor& t) {
+    shapes[name] = std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
+  });
+  auto shape_of = [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
+    auto it = shapes.find(name);
+    if (it == shapes.end()) return std::nullopt;
+    return it->second;
+  };
+  HYLO_TRY(AmdConfigFiles files, amd_config_files(model.config(), shape_of, model.source().string()));
+  HYLO_CHECK_OK(write_file_atomic(staging / "config.json", files.config.dump(2) + "\n"));
+  return write_file_atomic(staging / "hybrid_config.json", files.hybrid_config.dump(2) + "\n");
+}
+
+Status write_all(CausalLM& model, const fs::path& staging, const fs::path& tokenizer_source, CheckpointLayout layout) {
+  HYLO_CHECK_OK(write_config(model, staging, layout));
   std::vector<at::Tensor> keep;  // owns the bytes the spans below point into
   std::vector<io::TensorToWrite> tensors;
   model.visit_parameters([&](const std::string& name, at::Tensor& t) {
@@ -72,16 +92,19 @@ Status check_replaceable(const fs::path& dir, const fs::path& tokenizer_source) 
                       source.string() + "); choose another --out");
   if (!fs::is_directory(dir, ec)) return make_error(dir.string() + ": exists and is not a directory; refusing to replace it");
   if (fs::is_empty(dir, ec)) return {};
+  if (fs::exists(dir / "hybrid_config.json", ec) && fs::exists(dir / "model.safetensors", ec))
+    return {};  // an earlier AMD-layout export (hylo export --format amd)
   auto text = read_text_file(dir / "config.json");
   if (!text.ok() || text->find("\"hybrid\"") == std::string::npos)
-    return make_error(dir.string() + ": exists and is not a hylo checkpoint (no config.json with a 'hybrid' block); "
-                      "refusing to replace it");
+    return make_error(dir.string() + ": exists and is not a hylo checkpoint (no config.json with a 'hybrid' block, "
+                      "nor an AMD-layout hybrid_config.json); refusing to replace it");
   return {};
 }
 
 }  // namespace
 
-Status save_checkpoint(CausalLM& model, const fs::path& dir_in, const fs::path& tokenizer_source) {
+Status save_checkpoint(CausalLM& model, const fs::path& dir_in, const fs::path& tokenizer_source,
+                       CheckpointLayout layout) {
   fs::path dir = fs::absolute(dir_in).lexically_normal();
   if (dir.filename().empty()) dir = dir.parent_path();  // "out/" names the directory "out"
   if (dir == dir.root_path()) return make_error(dir_in.string() + ": cannot write a checkpoint over the root directory");
@@ -96,7 +119,7 @@ Status save_checkpoint(CausalLM& model, const fs::path& dir_in, const fs::path& 
   if (ec) return make_error(staging.string() + ": cannot create the staging directory: " + ec.message());
   Status st = [&]() -> Status {
     try {
-      return write_all(model, staging, tokenizer_source);
+      return write_all(model, staging, tokenizer_source, layout);
     } catch (const std::exception& e) {
       return make_error(dir.string() + ": writing the checkpoint failed: " + e.what());
     }

@@ -18,6 +18,11 @@
 
 namespace hylo {
 
-Status save_checkpoint(CausalLM& model, const std::filesystem::path& dir, const std::filesystem::path& tokenizer_source);
+// kHylo: config.json with the `hybrid` block. kAmd: AMD's released layout (config/amd_export.h: the backbone's
+// config.json + hybrid_config.json), refused for models that layout cannot express; same tensors either way.
+enum class CheckpointLayout { kHylo, kAmd };
+
+Status save_checkpoint(CausalLM& model, const std::filesystem::path& dir, const std::filesystem::path& tokenizer_source,
+                       CheckpointLayout layout = CheckpointLayout::kHylo);
 
 }  // namespace hylo

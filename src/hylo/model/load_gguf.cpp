@@ -38,10 +38,10 @@ std::unique_ptr<CausalLM> load_gguf_model(const std::filesystem::path& path, con
     std::vector<float> data = io::load_gguf_tensor_hf_layout(file, info->name, config, &shape).value_or_throw();
     return at::from_blob(data.data(), shape, at::TensorOptions().dtype(at::kFloat)).clone();  // [HF shape] f32
   };
-  const bool llama3 = config.rope.type == "llama3";
-  src.ignorable = [llama3](const std::string& name) {
-    // llama.cpp stores Llama-3.1 rope scaling as per-frequency factors; our RoPE computes them from the config.
-    return llama3 && name == "rope_freqs.weight";
+  const bool freq_factors = !config.rope.freq_factors.empty();
+  src.ignorable = [freq_factors](const std::string& name) {
+    // llama.cpp's per-frequency RoPE factors: model_config_from_gguf already read them into config.rope.
+    return freq_factors && name == "rope_freqs.weight";
   };
   load_weights(*model, src);
   return model;

@@ -1,9 +1,14 @@
 #include "hylo/ops/causal_conv1d.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <string>
 
 #include "hylo/core/result.h"
 #include "hylo/ops/tensor_util.h"
+#ifdef HYLO_HAVE_CUDA
+#include "hylo/kernels/causal_conv1d/causal_conv1d_cuda.h"
+#endif
 
 namespace hylo {
 
@@ -22,6 +27,15 @@ std::pair<at::Tensor, at::Tensor> causal_conv1d(const at::Tensor& x, const at::T
     throw Error("causal_conv1d: conv_state must be [B=" + std::to_string(B) + ", C=" + std::to_string(C) +
                 ", K-1=" + std::to_string(K - 1) + "], got " + shape_str(conv_state));
 
+#ifdef HYLO_HAVE_CUDA
+  // The fused CUDA kernel has no backward: only when no gradient is needed. Otherwise (and for widths > 8) the
+  // ATen form below runs on x's own device.
+  const bool grad = at::GradMode::is_enabled() &&
+                    (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()) ||
+                     (conv_state.defined() && conv_state.requires_grad()));
+  if (!grad && kernels::causal_conv1d_cuda_supports(x, weight))
+    return kernels::causal_conv1d_cuda(x, weight, bias, conv_state, silu);
+#endif
   const at::ScalarType ct = compute_type(x.scalar_type());
   // Previous inputs in time-major layout so they concatenate with x along T.
   at::Tensor prev = conv_state.defined() ? conv_state.transpose(1, 2).to(x.scalar_type())   // [B, K-1, C]

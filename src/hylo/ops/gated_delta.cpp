@@ -1,10 +1,16 @@
 #include "hylo/ops/gated_delta.h"
 
+#include <ATen/core/grad_mode.h>
+
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "hylo/core/result.h"
 #include "hylo/ops/tensor_util.h"
+#ifdef HYLO_HAVE_CUDA
+#include "hylo/kernels/gated_delta/gated_delta_cuda.h"
+#endif
 
 namespace hylo {
 
@@ -21,8 +27,9 @@ struct HeadMajor {
   at::Tensor state;     // [B, H, Dv, Dk]
 };
 
-HeadMajor prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
+// Shape checks shared by the three forms (and done before any CUDA kernel is chosen).
+HeadMajor check_shapes(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
   const std::string who = std::string(op) + ": ";
   if (q.dim() != 4) throw Error(who + "q must be [B, T, H, Dk], got " + dims(q));
   HeadMajor in;
@@ -39,7 +46,13 @@ HeadMajor prepare(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   const std::vector<int64_t> sshape = {in.B, in.H, in.Dv, in.Dk};
   if (initial_state.defined() && !initial_state.sizes().equals(sshape))
     throw Error(who + "initial_state must be [B, H, Dv, Dk] = " + c10::str(sshape) + ", got " + dims(initial_state));
+  return in;
+}
 
+HeadMajor prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
+  HeadMajor in = check_shapes(op, q, k, v, g, beta, initial_state);
+  const std::vector<int64_t> sshape = {in.B, in.H, in.Dv, in.Dk};
   in.ct = compute_type(v.scalar_type());
   in.q = q.to(in.ct).transpose(1, 2);
   in.k = k.to(in.ct).transpose(1, 2);
@@ -78,6 +91,18 @@ GatedDeltaOutput token_loop(const HeadMajor& in, double scale, at::ScalarType ou
   return {finish_output(at::stack(outs, 2), out_type), S};                        // o [B, T, H, Dv]
 }
 
+#ifdef HYLO_HAVE_CUDA
+// The CUDA kernels have no backward: they run only when no input needs a gradient (inference, or under
+// NoGradGuard). Everything else -- CPU tensors, training, unsupported shapes or dtypes -- takes the ATen forms,
+// which run on the tensors' own device (never a silent copy to the CPU).
+bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+#endif
+
 }  // namespace
 
 GatedDeltaOutput gated_delta_naive(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -89,6 +114,14 @@ GatedDeltaOutput gated_delta_naive(const at::Tensor& q, const at::Tensor& k, con
 GatedDeltaOutput gated_delta_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& g, const at::Tensor& beta, double scale,
                                        const at::Tensor& initial_state) {
+#ifdef HYLO_HAVE_CUDA
+  if (q.is_cuda()) {
+    check_shapes("gated_delta_recurrent", q, k, v, g, beta, initial_state);
+    if (kernels::gated_delta_step_cuda_supports(q, v, initial_state) &&
+        !needs_grad({&q, &k, &v, &g, &beta, &initial_state}))
+      return kernels::gated_delta_step_cuda(q, k, v, g, beta, scale, initial_state);
+  }
+#endif
   return token_loop(prepare("gated_delta_recurrent", q, k, v, g, beta, initial_state), scale, v.scalar_type());
 }
 
@@ -96,6 +129,14 @@ GatedDeltaOutput gated_delta_chunk(const at::Tensor& q, const at::Tensor& k, con
                                    const at::Tensor& g, const at::Tensor& beta, double scale,
                                    const at::Tensor& initial_state, int64_t chunk_size) {
   if (chunk_size < 1) throw Error("gated_delta_chunk: chunk_size must be >= 1, got " + std::to_string(chunk_size));
+#ifdef HYLO_HAVE_CUDA
+  if (q.is_cuda() && chunk_size == 64) {  // the kernel's chunk; other sizes are the same function, left to ATen
+    check_shapes("gated_delta_chunk", q, k, v, g, beta, initial_state);
+    if (kernels::gated_delta_chunk_cuda_supports(q, v, initial_state) &&
+        !needs_grad({&q, &k, &v, &g, &beta, &initial_state}))
+      return kernels::gated_delta_chunk_cuda(q, k, v, g, beta, scale, initial_state);
+  }
+#endif
   HeadMajor in = prepare("gated_delta_chunk", q, k, v, g, beta, initial_state);
   const int64_t B = in.B, H = in.H, T = in.T, Dk = in.Dk, Dv = in.Dv;
   const int64_t C = std::min(chunk_size, T);

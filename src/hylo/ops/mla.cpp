@@ -7,6 +7,9 @@
 
 #include "hylo/core/result.h"
 #include "hylo/ops/tensor_util.h"
+#if HYLO_HAVE_CUDA
+#include "hylo/kernels/mla_decode/mla_decode.h"
+#endif
 
 namespace hylo::ops {
 namespace {
@@ -120,6 +123,20 @@ at::Tensor mla_attention_absorbed(const at::Tensor& q_nope, const at::Tensor& q_
                                   double scale, int64_t q_offset, int64_t max_score_elements) {
   const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
   MlaUpProjections up = mla_split_kv_b(kv_b_weight, d.g, d.p);                         // [G, Dn, Rkv], [G, Dv, Rkv]
+#if HYLO_HAVE_CUDA
+  // One decode token per sequence on the GPU: the split-KV latent kernel (kernels/mla_decode) does the attention
+  // core; the absorption of W_UK before and W_UV after stay here. T == 1 sees keys [0, q_offset] only.
+  if (d.t == 1 && q_nope.is_cuda()) {
+    at::Tensor q_lat = at::matmul(to_groups(q_nope, d), up.w_uk).reshape({d.b, d.h, d.c});  // [B, H, Rkv]
+    at::Tensor q_rot = q_pe.reshape({d.b, d.h, d.r});                                      // [B, H, Dr]
+    at::Tensor cs = c_kv.narrow(1, 0, q_offset + 1), ks = k_pe.narrow(1, 0, q_offset + 1);  // [B, s, Rkv], [B, s, Dr]
+    if (kernels::mla_latent_decode_supported(q_lat, q_rot, cs, ks)) {
+      at::Tensor ctx = kernels::mla_latent_decode(q_lat, q_rot, cs, ks, at::Tensor(), scale);  // [B, H, Rkv]
+      at::Tensor out = at::matmul(ctx.reshape({d.b, d.g, d.rep, d.c}), up.w_uv.transpose(1, 2));  // [B, G, rep, Dv]
+      return out.reshape({d.b, 1, d.h, d.v});                                                    // [B, 1, H, Dv]
+    }
+  }
+#endif
   at::Tensor c = c_kv.unsqueeze(1);                                                     // [B, 1, S, Rkv]
   at::Tensor kr = k_pe.unsqueeze(1);                                                    // [B, 1, S, Dr]
   return by_query_blocks(d, q_offset, max_score_elements, [&](const Dims& bd, int64_t t0) {

@@ -25,6 +25,14 @@ at::Tensor pos_freqs(double base, int64_t dim) {
 at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t dim) {
   if (dim <= 0 || dim % 2 != 0) throw Error("rope: rotary dimension must be even and > 0, got " + std::to_string(dim));
   const double base = rope.theta;
+  if (!rope.freq_factors.empty()) {
+    // llama.cpp (ggml_rope_ext with freq_factors): theta_i = p * base^(-2i/d) / freq_factors[i].
+    if (static_cast<int64_t>(rope.freq_factors.size()) * 2 != dim)
+      throw Error("rope: " + std::to_string(rope.freq_factors.size()) + " frequency factors for rotary dimension " +
+                  std::to_string(dim));
+    at::Tensor ff = at::tensor(at::ArrayRef<float>(rope.freq_factors), at::TensorOptions().dtype(at::kFloat));  // [dim/2]
+    return rdiv(1.0, pos_freqs(base, dim)) / ff;
+  }
   if (rope.type == "default" || rope.type == "linear") {
     at::Tensor inv_freq = rdiv(1.0, pos_freqs(base, dim));  // [dim/2]
     if (rope.type == "linear") inv_freq = inv_freq / rope.factor;

@@ -8,7 +8,9 @@
 //   train-00000.docs    uint64 offsets (in tokens, within the shard) where each document starts
 //   train-00000.mask    optional, one byte per token: 1 = the token is a training target (chat prompts 0)
 //   heldout-00000.*     the held-out split, same layout; training never reads it
+//   heldout.txt         the held-out documents' text (for `hylo perplexity MODEL DIR/heldout.txt`)
 // Every file is written atomically; index.json is written last, so a dataset without it is incomplete.
+// Format details, index fields and the commands that build datasets: docs/training-data.md.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -64,8 +66,11 @@ class TokenDataset {
 const char* split_name(Split split);  // "train", "heldout"
 
 // Fixed-length sequences of `seq_len` tokens from one split, visited in a seeded random order that is a pure
-// function of (seed, epoch): the same on every run and every machine. With world > 1, rank r reads sequence
-// indices r, r + world, ... of each global batch, so the union over ranks equals the world == 1 stream.
+// function of (seed, epoch): the same on every run and every machine. Sequence i is tokens
+// [i * seq_len, (i + 1) * seq_len) of the split's stream (the tail shorter than seq_len is unused); the order is
+// a splitmix64-driven Fisher-Yates permutation (train/data_shuffle.h), never at::randperm. Constructor and
+// next() throw hylo::Error on bad arguments or a split shorter than one sequence. With world > 1, rank r reads
+// sequence indices r, r + world, ... of each global batch, so the union over ranks equals the world == 1 stream.
 class PackedLoader {
  public:
   PackedLoader(std::shared_ptr<const TokenDataset> data, Split split, int64_t seq_len, uint64_t seed,

@@ -1,9 +1,11 @@
 #include "hylo/train/data_generate.h"
 
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <set>
 
 #include "hylo/core/file_util.h"
@@ -87,12 +89,39 @@ std::vector<std::vector<int64_t>> generate_batch(CausalLM& teacher, const std::v
   at::Tensor logits = teacher.lm_head(hidden.select(1, L - 1));                                       // [B, V] fp32
   std::vector<bool> done(static_cast<size_t>(B), false);
   std::vector<int64_t> last(static_cast<size_t>(B), 0);
+  // Without a repetition penalty (the only history-dependent processor) the processors run once on the whole
+  // [B, V] block and the rows are drawn on the host in parallel: one device round trip per step instead of B.
+  // Each row draws its uniform exactly as Sampler::next does, from an engine seeded like that row's Sampler, so
+  // both paths choose the same tokens from the same logits (tested against one-at-a-time generation).
+  const SamplingParams& sp = o.sampling;
+  const bool block = sp.repetition_penalty == 1.0;
+  std::vector<std::mt19937_64> engines;
+  for (int64_t b = 0; b < B; ++b) engines.emplace_back(seeds[static_cast<size_t>(b)]);
+  std::vector<int64_t> chosen(static_cast<size_t>(B), 0);
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    if (block) {
+      at::Tensor x = logits.to(at::kFloat);  // [B, V] fp32
+      if (sp.greedy()) {
+        at::Tensor arg = x.argmax(-1).to(at::kCPU);  // [B]
+        for (int64_t b = 0; b < B; ++b) chosen[static_cast<size_t>(b)] = arg[b].item<int64_t>();
+      } else {
+        if (sp.temperature != 1.0) x = x / sp.temperature;
+        x = apply_min_p(apply_top_p(apply_top_k(x, sp.top_k), sp.top_p), sp.min_p);
+        at::Tensor host = x.to(at::kCPU).contiguous();  // [B, V] fp32
+        std::vector<double> u(static_cast<size_t>(B), 0.0);
+        for (int64_t b = 0; b < B; ++b)
+          if (!done[static_cast<size_t>(b)]) u[static_cast<size_t>(b)] = static_cast<double>(engines[static_cast<size_t>(b)]() >> 11) * 0x1.0p-53;
+        at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t b = begin; b < end; ++b)
+            if (!done[static_cast<size_t>(b)]) chosen[static_cast<size_t>(b)] = sample_from_processed(host[b], u[static_cast<size_t>(b)]);
+        });
+      }
+    }
     int64_t active = 0;
     for (int64_t b = 0; b < B; ++b) {
       const auto bi = static_cast<size_t>(b);
       if (done[bi]) continue;
-      const int64_t next = samplers[bi].next(logits[b], history[bi]);
+      const int64_t next = block ? chosen[bi] : samplers[bi].next(logits[b], history[bi]);
       history[bi].push_back(next);
       out[bi].push_back(next);
       last[bi] = next;

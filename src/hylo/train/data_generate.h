@@ -5,14 +5,16 @@
 // Prompts: the prompt files are tokenized (no special tokens); for group g of `batch` samples a length L is
 // drawn uniformly from [min_prompt_tokens, max_prompt_tokens], and each sample of the group takes L consecutive
 // tokens starting at a uniformly drawn position of one file (slices never cross files); BOS is prepended when
-// the model's convention adds one. Sample i samples with its own seed derive_seed(seed, i), so its tokens do
+// the model's convention adds one. Sample i samples with its own seed, derived from (seed, i), so its tokens do
 // not depend on which other samples share its batch (up to the floating-point effect of the batch size on
 // the logits).
 //
 // batch == 1 runs the existing infer/generate.h loop per sample. batch > 1 prefills the group's equal-length
-// prompts in one [B, L] forward and decodes all rows together, one [B, 1] forward per step, each row choosing
-// its token with its own infer/sampler.h Sampler; a row that has stopped keeps feeding its last token (its
-// output is ignored) until every row has stopped.
+// prompts in one [B, L] forward and decodes all rows together, one [B, 1] forward per step; a row that has
+// stopped keeps feeding its last token (its output is ignored) until every row has stopped. Tokens are chosen
+// with infer/sampler.h: without a repetition penalty its processors run once on the [B, V] block and each row
+// draws with sample_from_processed and a uniform taken as Sampler::next takes it; with one, each row has its
+// own Sampler.
 #pragma once
 
 #include <cstdint>

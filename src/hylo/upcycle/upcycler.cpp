@@ -94,23 +94,21 @@ Result<at::Tensor> calibration_ids(const std::filesystem::path& text_path, const
   return t;
 }
 
-Result<std::filesystem::path> resolve_calibration_text(const std::filesystem::path& given) {
-  if (!given.empty()) return given;
-  const char* data = std::getenv("HYLO_DATA");
-  if (!data) return make_error("upcycle: no calibration text given and HYLO_DATA is not set (pass --calibration FILE)");
-  return std::filesystem::path(data) / "text" / "moby-dick.txt";
-}
-
 Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const UpcycleOptions& options) {
   const auto t0 = Clock::now();
   const ModelConfig& tc = teacher.config();
   HYLO_TRY(ModelConfig config, apply_plan(tc, plan));
 
-  // Calibration inputs are checked before the SVDs too, so a missing file fails fast.
+  // Calibration inputs are checked before the SVDs too, so a missing file fails fast. The KL is a report, not
+  // a requirement: without calibration text it is skipped, and the report says so and how to get it.
   at::Tensor calib;
-  std::filesystem::path calib_path = options.calibration_text;
-  if (options.calibration_tokens > 0) {
-    HYLO_TRY(calib_path, resolve_calibration_text(calib_path));
+  const std::filesystem::path calib_path = options.calibration_text;
+  std::string kl_skipped;
+  if (options.calibration_tokens <= 0)
+    kl_skipped = "calibration tokens set to 0; pass --calibration FILE --calibration-tokens N to measure it";
+  else if (calib_path.empty())
+    kl_skipped = "no calibration text given; pass --calibration FILE (any text file) to measure it";
+  if (kl_skipped.empty()) {
     const std::filesystem::path tok_path = options.tokenizer.empty() ? teacher.source() : options.tokenizer;
     HYLO_TRY(calib, calibration_ids(calib_path, tok_path, options.calibration_tokens));
   }
@@ -126,6 +124,7 @@ Result<UpcycleResult> upcycle(CausalLM& teacher, const LayerPlan& plan, const Up
   report.teacher = teacher.source().string();
   report.plan_source = plan.source;
   report.plan_name = plan.name;
+  report.kl_skipped = kl_skipped;
   const int64_t L = tc.num_layers(), d = tc.hidden_size;
   int64_t n_mla = 0;
   for (const auto& l : config.layers) n_mla += l.mixer == MixerKind::kMla;
@@ -318,6 +317,7 @@ nlohmann::json UpcycleReport::to_json() const {
                              {"ratio", kv_bytes_teacher ? double(kv_bytes_student) / double(kv_bytes_teacher) : 0.0},
                              {"bytes_per_elem", 2}};
   if (kl) j["kl_after_init"] = {{"nats_per_token", *kl}, {"tokens", kl_tokens}, {"text", calibration_source}};
+  else j["kl_after_init"] = {{"skipped", true}, {"reason", kl_skipped}, {"how", "--calibration FILE"}};
   j["seconds"] = {{"init", init_seconds}, {"kl", kl_seconds}};
   j["notes"] = notes;
   nlohmann::json ls = nlohmann::json::array();
@@ -379,6 +379,8 @@ std::string UpcycleReport::table() const {
   if (kl)
     s += "KL(teacher || hybrid) right after init: " + fmt(*kl) + " nats/token over " + std::to_string(kl_tokens) +
          " tokens of " + calibration_source + "\n";
+  else
+    s += "KL(teacher || hybrid) right after init: skipped (" + kl_skipped + ")\n";
   s += "init " + fmt(init_seconds, "%.1f") + " s, KL " + fmt(kl_seconds, "%.1f") + " s\n";
   for (const auto& n : notes) s += "note: " + n + "\n";
   return s;

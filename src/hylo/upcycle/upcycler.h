@@ -24,7 +24,7 @@
 namespace hylo {
 
 struct UpcycleOptions {
-  std::filesystem::path calibration_text;  // empty: $HYLO_DATA/text/moby-dick.txt
+  std::filesystem::path calibration_text;  // empty: no KL (the report says it was skipped and how to get it)
   int64_t calibration_tokens = 256;        // 0: skip the KL
   std::filesystem::path tokenizer;         // empty: the teacher's source (directory or GGUF)
   at::ScalarType dtype = at::kFloat;       // the student's parameters
@@ -51,6 +51,7 @@ struct UpcycleReport {
   std::optional<double> kl;                            // mean over tokens of KL(p_teacher || p_student), nats
   int64_t kl_tokens = 0;
   std::string calibration_source;
+  std::string kl_skipped;                              // why there is no KL, and how to get it (empty: measured)
   double init_seconds = 0, kl_seconds = 0;
   std::vector<std::string> notes;                      // decisions that affect fidelity (qk-norm folding, ...)
 
@@ -79,9 +80,6 @@ double logit_kl(CausalLM& teacher, CausalLM& student, const at::Tensor& ids);
 // teacher_log_probs gives the teacher's fp32 log-probabilities [1, T, V] on ids [1, T].
 at::Tensor teacher_log_probs(CausalLM& teacher, const at::Tensor& ids);
 double logit_kl(const at::Tensor& teacher_logp, CausalLM& student, const at::Tensor& ids);
-
-// The calibration text: `given`, or $HYLO_DATA/text/moby-dick.txt when empty.
-Result<std::filesystem::path> resolve_calibration_text(const std::filesystem::path& given);
 
 // Token ids [1, T] of the first `tokens` tokens of a text file, with the tokenizer at `tokenizer_path`.
 Result<at::Tensor> calibration_ids(const std::filesystem::path& text, const std::filesystem::path& tokenizer_path,

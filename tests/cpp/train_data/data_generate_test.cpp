@@ -115,10 +115,22 @@ TEST_F(TeacherSamples, BatchedDecodingGivesTheOneAtATimeTokens) {
   o.batch = 3;  // 5 samples: a full batch and a partial one
   const auto batched = run(o);
   EXPECT_EQ(tokens_of(single), tokens_of(batched));
-  // Sampling: batched with the per-sample seeds is deterministic too.
+  // Sampling: the batched block path draws each row's uniform as its Sampler would, so it gives the
+  // one-at-a-time tokens too (the logits of a [B, 1] and a [1, 1] forward differ by rounding only, far below
+  // what would move a draw across a token boundary here).
   TeacherSampleOptions s = options(9);
+  s.min_prompt_tokens = s.max_prompt_tokens = 6;
+  s.max_new_tokens = 12;
+  const auto sampled_single = run(s);
   s.batch = 2;
+  EXPECT_EQ(tokens_of(run(s)), tokens_of(sampled_single));
   EXPECT_EQ(tokens_of(run(s)), tokens_of(run(s)));
+  // With a repetition penalty the batched path uses one Sampler per row: still the one-at-a-time tokens.
+  s.sampling.repetition_penalty = 1.3;
+  s.batch = 1;
+  const auto penalised_single = run(s);
+  s.batch = 4;
+  EXPECT_EQ(tokens_of(run(s)), tokens_of(penalised_single));
 }
 
 TEST_F(TeacherSamples, PromptLongerThanEveryFileIsAnError) {

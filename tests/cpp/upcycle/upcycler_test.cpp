@@ -313,6 +313,7 @@ TEST(Upcycle, KlAfterInitOnCalibrationText) {
   auto teacher = CausalLM::random(small_teacher(false, 50257), 8);
   UpcycleOptions o = quiet();
   o.calibration_tokens = 48;
+  o.calibration_text = fs::path(data_dir()) / "text" / "moby-dick.txt";
   o.tokenizer = tok;
   LayerPlan plan = plan_of(std::string("mla_layers: [1]\nlinear: gdn\n") + kMlaDims +
                            "gdn: {num_heads: 2, head_k_dim: 16, head_v_dim: 48}\n");

@@ -110,6 +110,33 @@ class Bpe {
   mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache_;
 };
 
+// ---- SentencePiece-score model (llama.cpp's SPM tokenizer) ------------------------------------------------------
+// GGUF vocabularies with tokenizer.ggml.model "llama" (Llama-2, Mistral, Gemma, Phi-3, ...): the text is split at
+// control / user-defined / unknown tokens (each found everywhere, longest token first), each remaining fragment
+// gets "▁" for every space (and one leading "▁" when add_space_prefix and the fragment starts the text or follows
+// a special token), then adjacent symbols merge by the highest score of the token they form (leftmost on ties),
+// starting from UTF-8 characters; a symbol that is no token becomes its bytes' <0xXX> tokens. Input bytes are
+// taken as they are: invalid UTF-8 bytes become single-byte symbols, hence byte tokens (as llama.cpp).
+class Spm {
+ public:
+  StringIdMap by_text;             // token text -> id; of duplicate texts the last id wins (llama.cpp's map)
+  std::vector<float> scores;       // [V] tokenizer.ggml.scores
+  int32_t byte_token[256];         // "<0xXX>", else the one-byte token, else unk_id (-1: none)
+  int32_t unk_id = -1;
+  bool add_space_prefix = true;
+  struct Special {
+    std::string text;
+    int32_t id;
+  };
+  std::vector<Special> specials;   // control, user-defined and unknown tokens, longest text first
+
+  Spm();
+  // Appends the ids of `text` (special tokens included as their ids; no BOS/EOS).
+  void encode(std::string_view text, std::vector<int32_t>& out) const;
+  // One fragment free of special tokens: escape, merge, byte fallback.
+  void tokenize_fragment(std::string_view text, bool prefix_space, std::vector<int32_t>& out) const;
+};
+
 // ---- post-processor ------------------------------------------------------------------------------------------
 // The single-sequence template (TemplateProcessing / Roberta / Bert): ids before and after the sequence.
 struct PostProcessor {

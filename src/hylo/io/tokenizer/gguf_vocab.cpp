@@ -1,8 +1,11 @@
 // GGUF tokenizer metadata (tokenizer.ggml.*) -> pipeline. "gpt2" vocabularies are byte-level BPE: tokens and
 // merges as stored, control tokens (token_type 3) as special added tokens and user-defined ones (4) as
 // plain added tokens, as transformers' GGUF converter does; `tokenizer.ggml.pre` picks the pre-tokenizer the
-// vocabulary was trained with (as llama.cpp does). "llama" (SentencePiece) vocabularies are rejected with
-// a clear error: hylo reads Llama-2/Mistral tokenizers from their tokenizer.json.
+// vocabulary was trained with (as llama.cpp does). "llama" vocabularies (SentencePiece scores: Llama-2, Mistral,
+// Gemma, Phi-3) encode with llama.cpp's SPM tokenizer (Spm, spm.cpp) and decode with the decoder chain of their
+// tokenizer.json (▁ -> space, byte fallback, fuse, strip the prefix space).
+
+#include <algorithm>
 
 #include "hylo/io/gguf.h"
 #include "hylo/io/tokenizer/tokenizer_impl.h"
@@ -35,17 +38,83 @@ Result<std::unique_ptr<PreTokenizer>> split_then_bytes(const char* pattern, cons
   return make_sequence_pre_tokenizer(std::move(parts));
 }
 
+// GGUF token types (llama.cpp's llama_token_type).
+enum TokenType : int64_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+
+// "llama" vocabularies: the Spm model (llama.cpp's defaults: add_space_prefix true), the vocabulary for lookups
+// and decode, control / unknown tokens as special added tokens and user-defined ones as plain added tokens.
+Result<std::unique_ptr<TokenizerImpl>> load_spm(const io::GgufFile& file, const std::vector<std::string>& tokens,
+                                                const std::vector<int64_t>& types, const std::string& what) {
+  auto impl = std::make_unique<TokenizerImpl>();
+  impl->source = what;
+  auto spm = std::make_unique<Spm>();
+  const std::size_t n = tokens.size();
+  spm->scores.assign(n, 0.0f);
+  if (file.has("tokenizer.ggml.scores")) {
+    HYLO_TRY(auto sc, file.get_float_array("tokenizer.ggml.scores"));
+    if (sc.size() != n)
+      return make_error(what + ": tokenizer.ggml.scores has " + std::to_string(sc.size()) +
+                        " entries, tokenizer.ggml.tokens has " + std::to_string(n));
+    for (std::size_t i = 0; i < n; ++i) spm->scores[i] = static_cast<float>(sc[i]);
+  }
+  Bpe& vocab = impl->model;
+  vocab.id_to_token = tokens;
+  for (std::size_t i = 0; i < n; ++i) {
+    vocab.vocab.emplace(tokens[i], static_cast<int32_t>(i));       // lookups: the first id of a text
+    spm->by_text[tokens[i]] = static_cast<int32_t>(i);              // merges: the last, as llama.cpp
+  }
+  if (file.has("tokenizer.ggml.unknown_token_id")) {
+    HYLO_TRY(int64_t unk, file.get_int("tokenizer.ggml.unknown_token_id"));
+    if (unk >= 0 && unk < static_cast<int64_t>(n)) spm->unk_id = static_cast<int32_t>(unk);
+  }
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (int b = 0; b < 256; ++b) {
+    const std::string name = {'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'};
+    if (auto it = spm->by_text.find(name); it != spm->by_text.end()) spm->byte_token[b] = it->second;
+    else if (auto it1 = spm->by_text.find(std::string(1, static_cast<char>(b))); it1 != spm->by_text.end())
+      spm->byte_token[b] = it1->second;
+    else spm->byte_token[b] = spm->unk_id;
+  }
+  if (auto v = meta_bool(file, "tokenizer.ggml.add_space_prefix")) spm->add_space_prefix = *v;
+  std::vector<AddedToken> special, user;
+  for (std::size_t i = 0; i < types.size(); ++i) {
+    const int64_t t = types[i];
+    if (t != kControl && t != kUserDefined && t != kUnknown) continue;
+    spm->specials.push_back(Spm::Special{tokens[i], static_cast<int32_t>(i)});
+    if (t == kUserDefined) user.push_back(AddedToken{tokens[i], -1, false, false, false, false, false, {}});
+    else special.push_back(AddedToken{tokens[i], -1, true, false, false, false, false, {}});
+  }
+  std::stable_sort(spm->specials.begin(), spm->specials.end(),
+                   [](const Spm::Special& a, const Spm::Special& b) { return a.text.size() > b.text.size(); });
+  impl->add_tokens(special);
+  impl->add_tokens(user);
+  // The decoder of a Llama-2 tokenizer.json: "▁" -> " ", <0xXX> runs -> UTF-8 (U+FFFD per byte if invalid),
+  // fuse, then drop the one space the encoder put in front.
+  std::vector<std::unique_ptr<Decoder>> dec;
+  Pattern space;
+  space.kind = Pattern::Kind::kString;
+  space.literal = "\xE2\x96\x81";
+  dec.push_back(make_replace_decoder(std::move(space), " "));
+  dec.push_back(make_byte_fallback_decoder());
+  dec.push_back(make_fuse_decoder());
+  if (spm->add_space_prefix) dec.push_back(make_strip_decoder(" ", 1, 0));
+  impl->decoder = make_sequence_decoder(std::move(dec));
+  impl->spm = std::move(spm);
+  return impl;
+}
+
+Result<std::unique_ptr<TokenizerImpl>> finish(const io::GgufFile& file, const std::vector<std::string>& tokens,
+                                              std::unique_ptr<TokenizerImpl> impl, const std::string& what,
+                                              bool add_bos_default);
+
 }  // namespace
 
 Result<std::unique_ptr<TokenizerImpl>> load_gguf_vocab(const std::filesystem::path& path) {
   const std::string what = path.string();
   HYLO_TRY(auto file, io::GgufFile::open(path));
   HYLO_TRY(auto model, file.get_string("tokenizer.ggml.model"));
-  if (model == "llama")
-    return make_error(what + ": tokenizer.ggml.model 'llama' (SentencePiece scores) is not supported; use the model's "
-                             "tokenizer.json (supported GGUF tokenizer models: gpt2)");
-  if (model != "gpt2")
-    return make_error(what + ": unsupported tokenizer.ggml.model '" + model + "' (supported: gpt2)");
+  if (model != "gpt2" && model != "llama")
+    return make_error(what + ": unsupported tokenizer.ggml.model '" + model + "' (supported: gpt2, llama)");
   HYLO_TRY(auto tokens, file.get_string_array("tokenizer.ggml.tokens"));
   std::vector<int64_t> types;
   if (file.has("tokenizer.ggml.token_type")) {
@@ -57,6 +126,10 @@ Result<std::unique_ptr<TokenizerImpl>> load_gguf_vocab(const std::filesystem::pa
   }
   auto impl = std::make_unique<TokenizerImpl>();
   impl->source = what;
+  if (model == "llama") {
+    HYLO_TRY(impl, load_spm(file, tokens, types, what));
+    return finish(file, tokens, std::move(impl), what, /*add_bos_default=*/true);
+  }
   Bpe& bpe = impl->model;
   // Tokens spelled outside the byte-level alphabet are respelled byte by byte (transformers does the same).
   const auto& map = byte_level_map();
@@ -121,7 +194,14 @@ Result<std::unique_ptr<TokenizerImpl>> load_gguf_vocab(const std::filesystem::pa
   }
   impl->add_tokens(special);
   impl->add_tokens(user);
+  return finish(file, tokens, std::move(impl), what, /*add_bos_default=*/false);
+}
 
+namespace {
+
+Result<std::unique_ptr<TokenizerImpl>> finish(const io::GgufFile& file, const std::vector<std::string>& tokens,
+                                              std::unique_ptr<TokenizerImpl> impl, const std::string& what,
+                                              bool add_bos_default) {
   auto id_of = [&](const char* key) -> Result<std::optional<int32_t>> {
     if (!file.has(key)) return std::optional<int32_t>();
     HYLO_TRY(int64_t id, file.get_int(key));
@@ -134,7 +214,7 @@ Result<std::unique_ptr<TokenizerImpl>> load_gguf_vocab(const std::filesystem::pa
   HYLO_TRY(impl->eos, id_of("tokenizer.ggml.eos_token_id"));
   if (impl->bos) impl->bos_token = tokens[*impl->bos];
   if (impl->eos) impl->eos_token = tokens[*impl->eos];
-  if (meta_bool(file, "tokenizer.ggml.add_bos_token").value_or(false) && impl->bos) {
+  if (meta_bool(file, "tokenizer.ggml.add_bos_token").value_or(add_bos_default) && impl->bos) {
     impl->post.prefix.push_back(*impl->bos);
     impl->post.any = true;
   }
@@ -149,5 +229,7 @@ Result<std::unique_ptr<TokenizerImpl>> load_gguf_vocab(const std::filesystem::pa
   impl->finish_special_ids();
   return impl;
 }
+
+}  // namespace
 
 }  // namespace hylo::tok

@@ -117,6 +117,13 @@ void TokenizerImpl::split_added(const Piece& piece, const TokenMatcher& matcher,
 
 std::vector<int32_t> TokenizerImpl::encode(std::string_view input, bool add_special) const {
   std::vector<int32_t> ids;
+  if (spm) {
+    // llama.cpp's SPM path: its own special-token split, raw bytes (no lossy UTF-8 step), BOS/EOS below.
+    if (add_special) ids.insert(ids.end(), post.prefix.begin(), post.prefix.end());
+    spm->encode(input, ids);
+    if (add_special) ids.insert(ids.end(), post.suffix.begin(), post.suffix.end());
+    return ids;
+  }
   // Invalid UTF-8 is decoded lossily first: tokenizers only ever sees a Rust String.
   std::string text = utf8_valid(input) ? std::string(input) : utf8_lossy(input);
   std::vector<std::pair<Piece, int32_t>> stage1, stage2;

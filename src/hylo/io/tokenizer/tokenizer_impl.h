@@ -15,7 +15,8 @@ class TokenizerImpl {
   std::string source;  // the file it came from, for messages
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre_tokenizer;
-  Bpe model;
+  Bpe model;                      // vocabulary lookups and decode; encodes unless `spm` is set
+  std::unique_ptr<Spm> spm;       // GGUF SentencePiece-score vocabularies: encodes as llama.cpp does
   PostProcessor post;
   std::unique_ptr<Decoder> decoder;
 
