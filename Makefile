@@ -39,7 +39,7 @@ upcycle-demo: build
 	  --calibration "$$HYLO_DATA/text/moby-dick.txt"
 
 # A short CPU distillation (KD) of the upcycle demo's hybrid: Moby-Dick tokenized by `hylo data` (chapters 1-31
-# held out), 30 steps of 4 x 64 tokens, held-out loss every 10 steps (metrics.jsonl, loss.svg beside the run).
+# held out), 20 steps of 4 x 64 tokens, held-out loss every 5 steps (metrics.jsonl, loss.svg beside the run).
 TRAIN_DEMO_OUT ?= build/train-demo
 train-demo: build
 	@$(ENV) build/bin/hylo data --tokenizer "$$HYLO_TEACHER_GGUF" --out $(TRAIN_DEMO_OUT)/data --paragraphs \

@@ -330,7 +330,10 @@ Result<bool> run_training_stage(const Stage& st, size_t index, size_t count, con
     const double h = heldout_loss(*student, *teacher, data, st, hooks);
     if (rank == 0) {
       append_line(metrics, {{"step", step}, {"tokens", state.tokens}, {"heldout_loss", h}});
-      Status s = write_loss_plot(metrics, dir / "loss.svg", st.name + " (" + stage_kind_name(st.kind) + ")");
+      Status s = write_loss_plot(metrics, dir / "loss.svg",
+                                 "stage " + st.name + " (" + stage_kind_name(st.kind) + ", " + std::to_string(total) +
+                                     " steps of " + std::to_string(st.batch) + " x " + std::to_string(st.seq_len) +
+                                     " tokens)");
       if (!s.ok() && opt.progress) std::fprintf(stderr, "warning: %s\n", s.error().c_str());
     }
   };

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cfloat>
+#include <map>
 
 #include "hylo/model/causal_lm.h"
 #include "hylo/train/adamw.h"
@@ -75,7 +76,6 @@ TEST(TrainStep, ActivationCheckpointingGivesThePlainGradients) {
   for (int k = 0; k < 2; ++k) {
     Stage st = kd_stage();
     st.activation_checkpointing = k == 0;
-    st.train_mixers_only = k == 0 ? false : false;
     auto params = trainable_parameters(*student, st);
     make_trainable(params);
     losses[k] = kd_forward_backward(*student, *teacher, b, counted_tokens(st, b), st, true);
@@ -185,6 +185,33 @@ TEST(ClipGradNorm, ScalesToTheLimit) {
   EXPECT_DOUBLE_EQ(clip_grad_norm(ps, 2.0), 6.0);
   EXPECT_NEAR(a.grad().norm().item<double>(), 2.0, 1e-5);
   EXPECT_NEAR(clip_grad_norm(ps, 0.0), 2.0, 1e-5);  // 0: no clipping, still reports
+}
+
+}  // namespace
+}  // namespace hylo::train
+
+namespace hylo::train {
+namespace {
+
+TEST(TrainStep, MlaYarnSetsTheMlaRopeAndKeepsParameters) {
+  auto student = CausalLM::random(testing::tiny_student_config(), 2);
+  std::map<std::string, at::Tensor> before;
+  student->visit_parameters([&](const std::string& n, at::Tensor& t) { before[n] = t.clone(); });
+  auto y = with_mla_yarn(std::move(student), 4.0, 64);
+  const auto& l0 = y->config().layers[0];
+  ASSERT_EQ(l0.mixer, MixerKind::kMla);
+  EXPECT_EQ(l0.mla.rope.type, "yarn");
+  EXPECT_EQ(l0.mla.rope.factor, 4.0);
+  EXPECT_EQ(l0.mla.rope.original_max_position_embeddings, 64);
+  EXPECT_EQ(y->config().layers[1].mixer, MixerKind::kGdn);
+  size_t n = 0;
+  y->visit_parameters([&](const std::string& name, at::Tensor& t) {
+    EXPECT_TRUE(at::equal(t, before.at(name))) << name;
+    ++n;
+  });
+  EXPECT_EQ(n, before.size());
+  // The model still runs.
+  EXPECT_EQ(y->forward(at::zeros({1, 5}, at::kLong)).size(2), 101);
 }
 
 }  // namespace
