@@ -9,6 +9,9 @@
 
 #include "hylo/core/result.h"
 #include "hylo/ops/tensor_util.h"
+#if HYLO_HAVE_CUDA
+#include "hylo/kernels/kl_from_hidden/kl_from_hidden.h"
+#endif
 
 namespace hylo::train {
 namespace {
@@ -191,6 +194,18 @@ at::Tensor kd_kl_from_hidden(const at::Tensor& h_student, const at::Tensor& w_st
                              const at::Tensor& w_teacher, const at::Tensor& weights, const at::Tensor& targets,
                              const KlOptions& options) {
   check_inputs(h_student, w_student, h_teacher, w_teacher, weights, targets, options);
+#if HYLO_HAVE_CUDA
+  // On the GPU the same loss comes from the CUDA form (kernels/kl_from_hidden: cuBLAS tiles plus fused
+  // online-softmax kernels, tested against the fp64 full-logit KL). It has no cross-entropy term, so CE runs stay
+  // here. Its operands are given in fp32, the precision this function's tiles compute in, so both forms do the
+  // same math; the casts are differentiable, so the gradients reach the fp32 master weights as before.
+  if (h_student.is_cuda() && options.ce_weight == 0.0) {
+    AutocastOff no_autocast(at::kCUDA);
+    return kernels::kl_from_hidden_weighted_sum(h_student.to(at::kFloat), h_teacher.detach().to(at::kFloat),
+                                                w_student.to(at::kFloat), w_teacher.detach().to(at::kFloat),
+                                                options.temperature, weights.detach().to(at::kFloat));
+  }
+#endif
   at::Tensor tg = options.ce_weight > 0 ? targets.to(at::kLong) : at::zeros({0}, at::kLong);
   return KlFromHiddenFunction::apply(h_student, w_student, h_teacher.detach(), w_teacher.detach(), weights.detach(),
                                      tg, options.temperature, options.ce_weight, options.vocab_tile,
