@@ -6,42 +6,18 @@
 #include <cmath>
 #include <set>
 
+#include "hylo/config/yaml_fields.h"
 #include "hylo/core/file_util.h"
 
 namespace hylo {
 namespace {
 
-std::string line_of(const YAML::Node& n) {
-  const auto m = n.Mark();
-  return m.line >= 0 ? " (line " + std::to_string(m.line + 1) + ")" : "";
-}
-
-// Field readers that name the plan file, the dotted field path and the line in their errors.
-struct Map {
-  YAML::Node node;
-  std::string source;
-  std::string path;  // "mla" or "" for the top level
-
-  std::string field(const std::string& key) const { return path.empty() ? key : path + "." + key; }
-  std::string where(const std::string& key) const { return source + ": " + field(key); }
-
-  Status check_keys(const std::set<std::string>& allowed) const {
-    for (const auto& kv : node) {
-      const std::string key = kv.first.as<std::string>();
-      if (!allowed.count(key)) {
-        std::string list;
-        for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-        return make_error(where(key) + line_of(kv.first) + ": unknown key (allowed here: " + list + ")");
-      }
-    }
-    return {};
-  }
-  bool has(const std::string& key) const { return node[key] && !node[key].IsNull(); }
-
+// The plan's value readers on the shared field path and key check (config/yaml_fields.h).
+struct Map : YamlFields {
   Result<int64_t> integer(const std::string& key) const {
     const YAML::Node v = node[key];
     if (!v || v.IsNull()) return make_error(where(key) + ": missing key (an integer)");
-    if (!v.IsScalar()) return make_error(where(key) + line_of(v) + ": expected an integer");
+    if (!v.IsScalar()) return make_error(where(key) + yaml_line_of(v) + ": expected an integer");
     try {
       return v.as<int64_t>();
     } catch (const YAML::Exception&) {
@@ -51,7 +27,7 @@ struct Map {
         if (std::floor(d) == d && std::fabs(d) < 9e15) return static_cast<int64_t>(d);
       } catch (const YAML::Exception&) {
       }
-      return make_error(where(key) + line_of(v) + ": expected an integer, got '" + v.Scalar() + "'");
+      return make_error(where(key) + yaml_line_of(v) + ": expected an integer, got '" + v.Scalar() + "'");
     }
   }
   Result<std::optional<int64_t>> opt_integer(const std::string& key) const {
@@ -66,7 +42,7 @@ struct Map {
       if (!v.IsScalar()) throw YAML::Exception(v.Mark(), "not a scalar");
       return v.as<double>();
     } catch (const YAML::Exception&) {
-      return make_error(where(key) + line_of(v) + ": expected a number");
+      return make_error(where(key) + yaml_line_of(v) + ": expected a number");
     }
   }
   Result<double> number_or(const std::string& key, double fallback) const {
@@ -80,19 +56,18 @@ struct Map {
       if (!v.IsScalar()) throw YAML::Exception(v.Mark(), "not a scalar");
       return v.as<bool>();
     } catch (const YAML::Exception&) {
-      return make_error(where(key) + line_of(v) + ": expected true or false");
+      return make_error(where(key) + yaml_line_of(v) + ": expected true or false");
     }
   }
   Result<std::string> string(const std::string& key) const {
     const YAML::Node v = node[key];
     if (!v || v.IsNull()) return make_error(where(key) + ": missing key (a string)");
-    if (!v.IsScalar()) return make_error(where(key) + line_of(v) + ": expected a string");
+    if (!v.IsScalar()) return make_error(where(key) + yaml_line_of(v) + ": expected a string");
     return v.Scalar();
   }
   Result<Map> sub(const std::string& key) const {
-    const YAML::Node v = node[key];
-    if (!v.IsMap()) return make_error(where(key) + line_of(v) + ": expected a mapping ({key: value, ...})");
-    return Map{v, source, field(key)};
+    HYLO_TRY(YamlFields f, YamlFields::sub(key));
+    return Map{std::move(f)};
   }
 };
 
@@ -127,7 +102,7 @@ Result<LayerPlan> parse_layer_plan(const std::string& yaml_text, const std::stri
     return make_error(source + ": not valid YAML: " + e.what());
   }
   if (!root.IsMap()) return make_error(source + ": expected a mapping at the top level (name:, mla_layers:, linear:, ...)");
-  Map top{root, source, ""};
+  Map top{{root, source, ""}};
   HYLO_CHECK_OK(top.check_keys({"name", "description", "teacher", "mla_layers", "mla_rule", "kv_budget", "linear", "mla",
                                 "gdn", "mamba2"}));
   LayerPlan plan;
@@ -153,12 +128,12 @@ Result<LayerPlan> parse_layer_plan(const std::string& yaml_text, const std::stri
   if (top.has("mla_layers")) {
     plan.selection = MlaSelection::kExplicit;
     const YAML::Node list = root["mla_layers"];
-    if (!list.IsSequence()) return make_error(source + ": mla_layers" + line_of(list) + ": expected a list of layer indices");
+    if (!list.IsSequence()) return make_error(source + ": mla_layers" + yaml_line_of(list) + ": expected a list of layer indices");
     for (std::size_t i = 0; i < list.size(); ++i) {
       try {
         plan.mla_layers.push_back(list[i].as<int64_t>());
       } catch (const YAML::Exception&) {
-        return make_error(source + ": mla_layers[" + std::to_string(i) + "]" + line_of(list[i]) +
+        return make_error(source + ": mla_layers[" + std::to_string(i) + "]" + yaml_line_of(list[i]) +
                           ": expected an integer layer index");
       }
     }
@@ -184,7 +159,7 @@ Result<LayerPlan> parse_layer_plan(const std::string& yaml_text, const std::stri
     HYLO_TRY(std::string linear, top.string("linear"));
     auto kind = parse_mixer_kind(linear);
     if (!kind || (*kind != MixerKind::kGdn && *kind != MixerKind::kMamba2))
-      return make_error(source + ": linear" + line_of(root["linear"]) + ": unknown linear mixer '" + linear +
+      return make_error(source + ": linear" + yaml_line_of(root["linear"]) + ": unknown linear mixer '" + linear +
                         "' (expected gdn or mamba2)");
     plan.linear = kind;
   }

@@ -63,19 +63,9 @@ Status write_config(CausalLM& model, const fs::path& staging, CheckpointLayout l
 
 Status write_all(CausalLM& model, const fs::path& staging, const fs::path& tokenizer_source, CheckpointLayout layout) {
   HYLO_CHECK_OK(write_config(model, staging, layout));
-  std::vector<at::Tensor> keep;  // owns the bytes the spans below point into
-  std::vector<io::TensorToWrite> tensors;
-  model.visit_parameters([&](const std::string& name, at::Tensor& t) {
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    keep.push_back(c);
-    io::TensorToWrite w;
-    w.name = name;
-    w.dtype = to_io_dtype(c.scalar_type());
-    w.shape.assign(c.sizes().begin(), c.sizes().end());
-    w.bytes = std::span<const std::byte>(static_cast<const std::byte*>(c.data_ptr()), c.nbytes());
-    tensors.push_back(std::move(w));
-  });
-  HYLO_CHECK_OK(io::write_safetensors(staging / "model.safetensors", tensors, {{"format", "pt"}}));
+  TensorsToWrite tensors;
+  model.visit_parameters([&](const std::string& name, at::Tensor& t) { tensors.add(name, t); });
+  HYLO_CHECK_OK(io::write_safetensors(staging / "model.safetensors", tensors.tensors, {{"format", "pt"}}));
   return copy_tokenizer(tokenizer_source, staging);
 }
 

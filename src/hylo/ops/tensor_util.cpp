@@ -75,6 +75,17 @@ at::Tensor tensor_from_view(const io::TensorView& view) {
   return out;
 }
 
+void TensorsToWrite::add(const std::string& name, const at::Tensor& t) {
+  at::Tensor c = t.detach().to(at::kCPU).contiguous();
+  keep.push_back(c);  // the storage is shared, so later moves of `keep` leave the span valid
+  io::TensorToWrite w;
+  w.name = name;
+  w.dtype = to_io_dtype(c.scalar_type());
+  w.shape.assign(c.sizes().begin(), c.sizes().end());
+  w.bytes = std::span<const std::byte>(static_cast<const std::byte*>(c.data_ptr()), c.nbytes());
+  tensors.push_back(std::move(w));
+}
+
 std::string shape_str(at::IntArrayRef shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <vector>
 
 #include "hylo/io/dtype.h"
 #include "hylo/io/safetensors.h"
@@ -20,6 +21,15 @@ io::DType to_io_dtype(at::ScalarType type);       // throws for types safetensor
 
 // Copies a checkpoint tensor into a new ATen tensor (owning its memory) of its stored dtype.
 at::Tensor tensor_from_view(const io::TensorView& view);
+
+// The other direction: tensors gathered for io::write_safetensors. Each is detached, moved to the CPU and made
+// contiguous; `keep` owns those copies because the io::TensorToWrite spans point into their memory, so the
+// whole object must outlive the write.
+struct TensorsToWrite {
+  std::vector<at::Tensor> keep;
+  std::vector<io::TensorToWrite> tensors;
+  void add(const std::string& name, const at::Tensor& t);  // throws for dtypes safetensors lacks
+};
 
 // The precision the mixer kernels compute in: bf16/fp16/fp32 accumulate in fp32, fp64 stays fp64 (the oracle
 // precision of the tests).

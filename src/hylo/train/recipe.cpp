@@ -7,40 +7,15 @@
 #include <cstdlib>
 #include <set>
 
+#include "hylo/config/yaml_fields.h"
 #include "hylo/core/file_util.h"
 
 namespace hylo::train {
 namespace fs = std::filesystem;
 namespace {
 
-std::string line_of(const YAML::Node& n) {
-  if (!n.IsDefined()) return "";  // a key set in `defaults`, not in the stage itself
-  const auto m = n.Mark();
-  return m.line >= 0 ? " (line " + std::to_string(m.line + 1) + ")" : "";
-}
-
-// A mapping with its dotted field path; readers name the recipe file, the field and the line in errors.
-struct Map {
-  YAML::Node node;
-  std::string source, path;
-
-  std::string field(const std::string& key) const { return path.empty() ? key : path + "." + key; }
-  std::string where(const std::string& key) const { return source + ": " + field(key); }
-  ErrorInfo bad(const std::string& key, const std::string& what) const {
-    return make_error(where(key) + line_of(node[key]) + ": " + what);
-  }
-  Status check_keys(const std::set<std::string>& allowed) const {
-    for (const auto& kv : node) {
-      const std::string key = kv.first.as<std::string>();
-      if (!allowed.count(key)) {
-        std::string list;
-        for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-        return make_error(where(key) + line_of(kv.first) + ": unknown key (allowed here: " + list + ")");
-      }
-    }
-    return {};
-  }
-  bool has(const std::string& key) const { return node[key] && !node[key].IsNull(); }
+// The recipe's value readers on the shared field path and key check (config/yaml_fields.h).
+struct Map : YamlFields {
   Result<double> number(const std::string& key) const {
     const YAML::Node v = node[key];
     try {
@@ -70,8 +45,8 @@ struct Map {
     return node[key].Scalar();
   }
   Result<Map> sub(const std::string& key) const {
-    if (!node[key].IsMap()) return bad(key, "expected a mapping ({key: value, ...})");
-    return Map{node[key], source, field(key)};
+    HYLO_TRY(YamlFields f, YamlFields::sub(key));
+    return Map{std::move(f)};
   }
 };
 
@@ -327,7 +302,7 @@ Result<Recipe> parse_recipe(const std::string& yaml_text, const std::string& sou
     return make_error(source + ": YAML syntax error: " + e.what());
   }
   if (!root.IsMap()) return make_error(source + ": a recipe is a mapping with name and stages");
-  Map top{root, source, ""};
+  Map top{{root, source, ""}};
   HYLO_CHECK_OK(top.check_keys({"name", "defaults", "stages"}));
   Recipe r;
   r.source = source;
@@ -340,13 +315,13 @@ Result<Recipe> parse_recipe(const std::string& yaml_text, const std::string& sou
     defaults = d;
   }
   if (!root["stages"] || !root["stages"].IsSequence() || root["stages"].size() == 0)
-    return make_error(source + ": stages" + line_of(root["stages"]) + ": expected a non-empty list of stages");
+    return make_error(source + ": stages" + yaml_line_of(root["stages"]) + ": expected a non-empty list of stages");
   std::set<std::string> names;
   for (size_t i = 0; i < root["stages"].size(); ++i) {
     const YAML::Node n = root["stages"][i];
     const std::string path = "stages[" + std::to_string(i) + "]";
-    if (!n.IsMap()) return make_error(source + ": " + path + line_of(n) + ": expected a mapping");
-    Map m{n, source, path};
+    if (!n.IsMap()) return make_error(source + ": " + path + yaml_line_of(n) + ": expected a mapping");
+    Map m{{n, source, path}};
     HYLO_TRY(Stage st, parse_stage(m, defaults ? &*defaults : nullptr, base_dir));
     if (names.count(st.name)) return m.bad("name", "stage name '" + st.name + "' is used twice");
     // {stage: X} must name an EARLIER stage that makes a model.

@@ -16,19 +16,9 @@ namespace fs = std::filesystem;
 namespace {
 
 Status write_tensors(const fs::path& path, const std::map<std::string, at::Tensor>& tensors) {
-  std::vector<at::Tensor> keep;  // owns the bytes the spans point into
-  std::vector<io::TensorToWrite> out;
-  for (const auto& [name, t] : tensors) {
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    keep.push_back(c);
-    io::TensorToWrite w;
-    w.name = name;
-    w.dtype = to_io_dtype(c.scalar_type());
-    w.shape.assign(c.sizes().begin(), c.sizes().end());
-    w.bytes = std::span<const std::byte>(static_cast<const std::byte*>(c.data_ptr()), c.nbytes());
-    out.push_back(std::move(w));
-  }
-  return io::write_safetensors(path, out, {{"format", "pt"}});
+  TensorsToWrite out;
+  for (const auto& [name, t] : tensors) out.add(name, t);
+  return io::write_safetensors(path, out.tensors, {{"format", "pt"}});
 }
 
 Result<std::map<std::string, at::Tensor>> read_tensors(const fs::path& path) {
