@@ -22,7 +22,7 @@
 namespace {
 const hylo::tok::Tokenizer& spm_tokenizer() {
   static hylo::tok::Tokenizer tok = [] {
-    const auto path = std::filesystem::path(__FILE__).parent_path().parent_path() / "tests/data/tokenizer/tiny_spm.gguf";
+    const auto path = std::filesystem::path(HYLO_SOURCE_DIR) / "tests/data/tokenizer/tiny_spm.gguf";
     return hylo::tok::Tokenizer::from_path(path).value_or_throw();
   }();
   return tok;
@@ -57,7 +57,7 @@ int fuzz_spm(uint8_t mode, const std::string& rest) {
 
 const hylo::tok::Tokenizer& fixed_tokenizer() {
   static hylo::tok::Tokenizer tok = [] {
-    const auto path = std::filesystem::path(__FILE__).parent_path().parent_path() / "tests/data/tokenizer/tiny_bytelevel.json";
+    const auto path = std::filesystem::path(HYLO_SOURCE_DIR) / "tests/data/tokenizer/tiny_bytelevel.json";
     return hylo::tok::Tokenizer::from_path(path).value_or_throw();
   }();
   return tok;
