@@ -332,6 +332,21 @@ Result<std::pair<Built, Rendered>> fit(const std::function<Built(int64_t)>& buil
   return std::move(cache.at(lo));
 }
 
+// Moves a fitted task text into a Sample (the task-level fields -- task, seed, metric, ... -- are filled by the
+// generator's caller). Built's needle fields are empty for tasks without needles.
+Sample to_sample(std::pair<Built, Rendered>&& fitted) {
+  auto& [b, r] = fitted;
+  Sample s;
+  s.user_text = std::move(b.user);
+  s.answer_prefix = std::move(b.prefix);
+  s.outputs = std::move(b.outputs);
+  s.needle_depths = std::move(b.depths);
+  s.needles = std::move(b.needles);
+  s.prompt = std::move(r.prompt);
+  s.ids = std::move(r.ids);
+  return s;
+}
+
 // ---- tasks -------------------------------------------------------------------------------------------------------
 
 Haystack make_haystack(const TaskSpec& task, const GenerateSpec& spec, uint64_t seed) {
@@ -406,16 +421,7 @@ Result<Sample> niah(const TaskSpec& task, const tok::Tokenizer& tok, const Gener
   };
   auto fitted = fit(build, tok, spec.use_chat_template, spec.target_tokens, task.tokens_to_generate, 0, task.name);
   if (!fitted.ok()) return fitted.error_info();
-  Sample s;
-  auto& [b, r] = *fitted;
-  s.user_text = std::move(b.user);
-  s.answer_prefix = std::move(b.prefix);
-  s.outputs = std::move(b.outputs);
-  s.needle_depths = std::move(b.depths);
-  s.needles = std::move(b.needles);
-  s.prompt = std::move(r.prompt);
-  s.ids = std::move(r.ids);
-  return s;
+  return to_sample(std::move(fitted).value());
 }
 
 std::string random_letters(Rng& rng, int k) {
@@ -499,13 +505,7 @@ Result<Sample> variable_tracking(const TaskSpec& task, const tok::Tokenizer& tok
   };
   auto fitted = fit(build, tok, spec.use_chat_template, spec.target_tokens, task.tokens_to_generate, 0, task.name);
   if (!fitted.ok()) return fitted.error_info();
-  Sample s;
-  s.user_text = std::move(fitted->first.user);
-  s.answer_prefix = std::move(fitted->first.prefix);
-  s.outputs = std::move(fitted->first.outputs);
-  s.prompt = std::move(fitted->second.prompt);
-  s.ids = std::move(fitted->second.ids);
-  return s;
+  return to_sample(std::move(fitted).value());
 }
 
 // Words for cwe: hylo's adjectives and nouns, then generated consonant-vowel words when more are needed.
@@ -569,13 +569,7 @@ Result<Sample> common_words(const TaskSpec& task, const tok::Tokenizer& tok, con
   auto fitted = fit(build, tok, spec.use_chat_template, spec.target_tokens, task.tokens_to_generate, task.num_cw,
                     task.name);
   if (!fitted.ok()) return fitted.error_info();
-  Sample s;
-  s.user_text = std::move(fitted->first.user);
-  s.answer_prefix = std::move(fitted->first.prefix);
-  s.outputs = std::move(fitted->first.outputs);
-  s.prompt = std::move(fitted->second.prompt);
-  s.ids = std::move(fitted->second.ids);
-  return s;
+  return to_sample(std::move(fitted).value());
 }
 
 Result<Sample> frequent_words(const TaskSpec& task, const tok::Tokenizer& tok, const GenerateSpec& spec,
@@ -616,13 +610,7 @@ Result<Sample> frequent_words(const TaskSpec& task, const tok::Tokenizer& tok, c
   };
   auto fitted = fit(build, tok, spec.use_chat_template, spec.target_tokens, task.tokens_to_generate, 0, task.name);
   if (!fitted.ok()) return fitted.error_info();
-  Sample s;
-  s.user_text = std::move(fitted->first.user);
-  s.answer_prefix = std::move(fitted->first.prefix);
-  s.outputs = std::move(fitted->first.outputs);
-  s.prompt = std::move(fitted->second.prompt);
-  s.ids = std::move(fitted->second.ids);
-  return s;
+  return to_sample(std::move(fitted).value());
 }
 
 Result<Sample> qa(const TaskSpec& task, const tok::Tokenizer& tok, const GenerateSpec& spec, uint64_t seed) {
@@ -655,13 +643,7 @@ Result<Sample> qa(const TaskSpec& task, const tok::Tokenizer& tok, const Generat
   };
   auto fitted = fit(build, tok, spec.use_chat_template, spec.target_tokens, task.tokens_to_generate, 0, task.name);
   if (!fitted.ok()) return fitted.error_info();
-  Sample s;
-  s.user_text = std::move(fitted->first.user);
-  s.answer_prefix = std::move(fitted->first.prefix);
-  s.outputs = std::move(fitted->first.outputs);
-  s.prompt = std::move(fitted->second.prompt);
-  s.ids = std::move(fitted->second.ids);
-  return s;
+  return to_sample(std::move(fitted).value());
 }
 
 TaskSpec niah_task(std::string name, HaystackType h, NeedleType k, NeedleType v, int nk, int nv, int nq) {
