@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hylo/core/file_util.h"
+#include "hylo/eval/ruler_text.h"
 
 namespace hylo::eval {
 namespace {
@@ -158,17 +159,7 @@ ChoiceResult score_choices(const std::vector<double>& logprobs, const std::vecto
 
 std::vector<ClozeItem> make_cloze_items(const std::string& text, int64_t count, int64_t words_per_item,
                                         uint64_t seed) {
-  std::vector<std::string> words;
-  {
-    size_t i = 0;
-    while (i < text.size()) {
-      while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
-      size_t j = i;
-      while (j < text.size() && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
-      if (j > i) words.push_back(text.substr(i, j - i));
-      i = j;
-    }
-  }
+  const std::vector<std::string> words = ruler::split_words(text);
   std::vector<ClozeItem> items;
   if (static_cast<int64_t>(words.size()) <= words_per_item + 1 || count <= 0) return items;
   // Candidate targets: words after at least words_per_item others, alphabetic once trailing punctuation goes.

@@ -151,19 +151,6 @@ const char* type_plural(NeedleType t) {
   return t == NeedleType::kNumbers ? "numbers" : t == NeedleType::kWords ? "words" : "uuids";
 }
 
-std::vector<std::string> split_words(std::string_view text) {
-  std::vector<std::string> words;
-  size_t i = 0;
-  while (i < text.size()) {
-    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
-    size_t j = i;
-    while (j < text.size() && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
-    if (j > i) words.emplace_back(text.substr(i, j - i));
-    i = j;
-  }
-  return words;
-}
-
 // Sentences of a space-joined text: a sentence ends with a word ending in . ! or ? (optionally followed by a
 // closing quote or bracket). A stand-in for nltk's sent_tokenize, which RULER uses on the essay haystack.
 std::vector<std::string> split_sentences(const std::vector<std::string>& words, size_t n) {

@@ -1,5 +1,7 @@
 #include "hylo/eval/ruler_text.h"
 
+#include <cctype>
+
 namespace hylo::eval::ruler {
 namespace {
 
@@ -71,5 +73,18 @@ constexpr std::string_view kNouns[] = {
 std::string_view essay_text() { return kEssay; }
 std::span<const std::string_view> adjectives() { return kAdjectives; }
 std::span<const std::string_view> nouns() { return kNouns; }
+
+std::vector<std::string> split_words(std::string_view text) {
+  std::vector<std::string> words;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    size_t j = i;
+    while (j < text.size() && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+    if (j > i) words.emplace_back(text.substr(i, j - i));
+    i = j;
+  }
+  return words;
+}
 
 }  // namespace hylo::eval::ruler

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace hylo::eval::ruler {
 
@@ -17,5 +19,8 @@ inline constexpr std::string_view kNoiseSentence =
 std::string_view essay_text();                     // a few hundred words of essay-like prose, repeated as needed
 std::span<const std::string_view> adjectives();    // distinct, lowercase
 std::span<const std::string_view> nouns();         // distinct, lowercase, disjoint from adjectives()
+
+// The whitespace-separated words of `text` (haystack words for RULER, cloze items for eval/harness).
+std::vector<std::string> split_words(std::string_view text);
 
 }  // namespace hylo::eval::ruler
