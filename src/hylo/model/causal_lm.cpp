@@ -124,31 +124,35 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& ids_in, ModelState* state)
                 std::to_string(blocks_.size()));
   at::Tensor positions = at::arange(start, start + t, at::TensorOptions().dtype(at::kLong).device(options_.device()));
   at::Tensor h = at::embedding(embed_tokens_, ids);  // [B, T, D]
-  const double eps = config_.rms_norm_eps;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    Block& b = *blocks_[i];
-    at::Tensor x = ops::rms_norm(h, b.input_norm, eps);                               // [B, T, D]
-    h = h + b.mixer->forward(x, positions, state ? state->layers[i].get() : nullptr);
-    x = ops::rms_norm(h, b.post_norm, eps);
-    h = h + ops::swiglu_mlp(x, b.gate_w, b.up_w, b.down_w, b.gate_b, b.up_b, b.down_b);
+    MixerState* st = state ? state->layers[i].get() : nullptr;
+    h = forward_block_with(static_cast<int64_t>(i), h,
+                           [&](Mixer& m, const at::Tensor& x) { return m.forward(x, positions, st); });
   }
   if (state) state->length += t;
-  return ops::rms_norm(h, final_norm_, eps);  // [B, T, D]
+  return ops::rms_norm(h, final_norm_, config_.rms_norm_eps);  // [B, T, D]
 }
 
 at::Tensor CausalLM::embed(const at::Tensor& ids) const { return at::embedding(embed_tokens_, ids); }
 
 CausalLM::BlockOutput CausalLM::forward_block(int64_t i, const at::Tensor& h, const at::Tensor& positions) {
-  Block& b = *blocks_.at(static_cast<size_t>(i));
-  const double eps = config_.rms_norm_eps;
   BlockOutput out;
-  at::Tensor x = ops::rms_norm(h, b.input_norm, eps);        // [B, T, D]
-  out.mixer_out = b.mixer->forward(x, positions, nullptr);   // [B, T, D]
-  at::Tensor r = h + out.mixer_out;
-  x = ops::rms_norm(r, b.post_norm, eps);
-  out.hidden = r + ops::swiglu_mlp(x, b.gate_w, b.up_w, b.down_w, b.gate_b, b.up_b, b.down_b);
+  out.hidden = forward_block_with(
+      i, h, [&](Mixer& m, const at::Tensor& x) { return m.forward(x, positions, nullptr); }, &out.mixer_out);
   return out;
 }
+
+at::Tensor CausalLM::forward_block_with(int64_t i, const at::Tensor& h, const MixFn& mix, at::Tensor* mixer_out) {
+  Block& b = *blocks_.at(static_cast<size_t>(i));
+  const double eps = config_.rms_norm_eps;
+  at::Tensor m = mix(*b.mixer, ops::rms_norm(h, b.input_norm, eps));  // [.., D]
+  at::Tensor r = h + m;
+  at::Tensor x = ops::rms_norm(r, b.post_norm, eps);
+  if (mixer_out) *mixer_out = m;
+  return r + ops::swiglu_mlp(x, b.gate_w, b.up_w, b.down_w, b.gate_b, b.up_b, b.down_b);
+}
+
+Mixer& CausalLM::mixer(int64_t i) { return *blocks_.at(static_cast<size_t>(i))->mixer; }
 
 at::Tensor CausalLM::final_norm(const at::Tensor& h) const { return ops::rms_norm(h, final_norm_, config_.rms_norm_eps); }
 

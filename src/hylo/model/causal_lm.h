@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +65,13 @@ class CausalLM {
   const at::Tensor& head_weight() const { return lm_head_.defined() ? lm_head_ : embed_tokens_; }  // [V, D]
   // The parameters of block i / of the token mixers only, with the names visit_parameters gives them.
   void visit_block_parameters(int64_t i, const ParamVisitor& visit);
+
+  // Block i with the token mixing supplied by the caller (the engine runs mixers over its own caches): input norm,
+  // mix(mixer, x) with x [.., D] the normalised input, residual add, post norm, MLP, residual add. forward_hidden
+  // and forward_block are this with the mixer's own forward.
+  using MixFn = std::function<at::Tensor(Mixer& mixer, const at::Tensor& x)>;
+  at::Tensor forward_block_with(int64_t i, const at::Tensor& h, const MixFn& mix, at::Tensor* mixer_out = nullptr);
+  Mixer& mixer(int64_t i);
   void visit_mixer_parameters(const ParamVisitor& visit);
 
   // Where the tokenizer for this model lives (the model directory or the GGUF file).
