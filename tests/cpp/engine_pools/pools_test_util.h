@@ -158,6 +158,7 @@ struct SimSequence {
   at::Tensor x;
   int64_t prompt = 0;
   int64_t slot = -1;
+  int64_t first_position = 0;  // absolute position of x's first token (a continuation after a restored snapshot)
   int64_t done = 0;           // tokens run so far
   int64_t state_writes = 0;   // steps that wrote this sequence's slot (bf16 pools round the state at each)
   std::vector<std::vector<at::Tensor>> outputs;  // per layer, the [1, count, D] outputs in order
@@ -200,7 +201,7 @@ inline int64_t simulate(std::vector<EngineLayer*> layers, std::vector<SimSequenc
     for (size_t i : decode) {
       SeqChunk c;
       c.count = 1;
-      c.start = seqs[i].done;
+      c.start = seqs[i].first_position + seqs[i].done;
       c.slot = seqs[i].slot;
       b.seqs.push_back(c);
       who.push_back(i);
@@ -209,7 +210,7 @@ inline int64_t simulate(std::vector<EngineLayer*> layers, std::vector<SimSequenc
       SeqChunk c;
       const int64_t left = seqs[i].prompt - seqs[i].done;
       c.count = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(std::min(left, o.max_chunk)));
-      c.start = seqs[i].done;
+      c.start = seqs[i].first_position + seqs[i].done;
       c.slot = seqs[i].slot;
       b.seqs.push_back(c);
       who.push_back(i);
@@ -233,7 +234,7 @@ inline int64_t simulate(std::vector<EngineLayer*> layers, std::vector<SimSequenc
       slots.push_back(c.slot);
     }
     std::vector<at::Tensor> packed;
-    for (size_t k : pack_order) packed.push_back(seqs[who[k]].x.narrow(1, b.seqs[k].start, b.seqs[k].count));
+    for (size_t k : pack_order) packed.push_back(seqs[who[k]].x.narrow(1, seqs[who[k]].done, b.seqs[k].count));
     at::Tensor x = at::cat(packed, 1);  // [1, N, D]
     b.positions = at::tensor(positions, at::kLong);
     b.slots = at::tensor(slots, at::kLong);
