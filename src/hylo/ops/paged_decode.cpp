@@ -109,7 +109,9 @@ at::Tensor mla_decode_paged(const at::Tensor& q_nope, const at::Tensor& q_pe, co
   MlaUpProjections up = mla_split_kv_b(kv_b_weight, g, p);                                  // [G, Dn, Rkv], [G, Dv, Rkv]
   // q~ = q_nope W_UK per group (head h = g * rep + i, as mla_attention_absorbed groups them).
   at::Tensor q_lat = at::matmul(q_nope.reshape({s, g, rep, p}), up.w_uk).reshape({s, h, c});  // [S, H, Rkv]
-  // The bf16 CUDA latent-core kernel over the pages goes here; this ATen form stays the reference.
+  // ---- GPU route (to add with the paged kernel, kernels/mla_decode): for bf16 CUDA operands that the kernel
+  // supports, ctx = kernels::mla_latent_decode_paged(q_lat, q_pe, pages, page_table, lengths, scale) with the same
+  // contract as mla_latent_decode_paged_reference; W_UK above and W_UV below stay as they are. ----
   at::Tensor ctx = mla_latent_decode_paged_reference(q_lat, q_pe, pages, page_table, lengths, scale);  // [S, H, Rkv]
   // out = ctx W_UV^T: back from latent to value coordinates.
   return at::matmul(ctx.reshape({s, g, rep, c}), up.w_uv.transpose(1, 2)).reshape({s, h, v});  // [S, H, Dv]

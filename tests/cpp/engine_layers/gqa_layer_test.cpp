@@ -92,6 +92,7 @@ TEST(GqaEngineLayer, MatchesStatelessForwardFp64) {
       EXPECT_GT(run.result.mixed_steps, 0) << what;
       EXPECT_GT(run.result.multi_decode_steps, 0) << what;
       EXPECT_TRUE(run.result.noncontiguous_pages) << what;
+      if (page_size > 1) EXPECT_GT(run.result.unaligned_chunks, 0) << what;
       for (size_t i = 0; i < xs.size(); ++i) {
         at::Tensor ref = m64->forward(xs[i], positions(kTotals[i]), nullptr);  // [1, T, D]
         const double base = mla_test::rel_rms(m32->forward(xs[i].to(at::kFloat), positions(kTotals[i]), nullptr), ref);

@@ -25,6 +25,7 @@ struct DriveResult {
   int64_t steps = 0;
   int64_t mixed_steps = 0;                  // steps holding decode tokens and prefill chunks together
   int64_t multi_decode_steps = 0;           // steps with two or more decode tokens
+  int64_t unaligned_chunks = 0;             // prefill chunks starting or ending inside a page
   bool noncontiguous_pages = false;         // some sequence's pages are not consecutive ids
 };
 
@@ -68,6 +69,7 @@ inline DriveResult drive_layer(EngineLayer& layer, const std::vector<at::Tensor>
         free_pages.pop_back();
       }
       c.pages = r.pages[i];
+      r.unaligned_chunks += in_prompt && (c.start % page_size != 0 || (c.start + c.count) % page_size != 0);
       (in_prompt ? prefill : decode).push_back(c);
       (in_prompt ? prefill_ids : decode_ids).push_back(i);
     }
