@@ -213,7 +213,18 @@ std::vector<Event> Engine::step() {
   m.cancelled.clear();
 
   const StepPlan plan = m.scheduler.schedule();
-  if (plan.empty()) return events;
+  if (plan.empty()) {
+    // Nothing runs and nothing can be admitted although the pools are free: the head request can never start
+    // (submit's size check makes this unreachable unless memory was taken elsewhere). End it instead of spinning.
+    if (m.scheduler.running().empty() && !m.scheduler.waiting().empty()) {
+      Sequence& s = *m.scheduler.waiting().front();
+      m.finish(s, FinishReason::kError, events,
+               "engine: request " + std::to_string(s.id) + " cannot be admitted: " + std::to_string(s.tokens.size()) +
+                   " tokens need pages or a state slot that the free pools (" + m.pools.plan().describe() +
+                   ") cannot provide");
+    }
+    return events;
+  }
   StepOutput out = m.runner.run(plan);
   ++m.steps;
 
