@@ -73,6 +73,7 @@ StepBatch DecodeGraphInputs::step_batch() const {
   b.slots = slots;
   b.page_table = page_table;
   b.lengths = lengths;
+  b.device_only = true;
   return b;
 }
 
