@@ -9,6 +9,8 @@
 //                                          page table row per sequence) beside the contiguous kernel on caches of
 //                                          the same shape in the same run; the paged kernel also timed as CUDA
 //                                          graph replays (one captured call per cache buffer), as the engine runs it
+//   mla_decode_bench --tuning [--iters N]  the paged kernel under forced key tiles / heads per CTA / split counts
+//                                          (kernels::set_mla_decode_tuning), to choose the automatic plan
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
@@ -108,14 +110,66 @@ void bench_paged(int iters, double copy_gbs) {
   }
 }
 
+// The paged kernel under forced launch shapes: (tile tokens, head tiles) with the automatic split count, and the
+// automatic shape with forced split counts. A forced shape whose ring does not fit falls back to the automatic one.
+void bench_tuning(int iters, double copy_gbs) {
+  struct Shape {
+    int64_t b, c, r, h, s;
+  };
+  const std::vector<Shape> shapes = {{1, 128, 32, 32, int64_t{1} << 20}, {1, 128, 32, 32, 65536},
+                                     {8, 128, 32, 32, 8192},            {1, 128, 32, 9, int64_t{1} << 20},
+                                     {1, 256, 64, 32, int64_t{1} << 20}, {1, 512, 64, 32, int64_t{1} << 20}};
+  const std::vector<std::pair<int, int>> plans = {{0, 0},  {128, 1}, {64, 1}, {32, 1}, {128, 2},
+                                                  {64, 2}, {32, 2},  {64, 4}, {32, 4}};
+  const int64_t page = 64;
+  auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  for (const Shape& sh : shapes) {
+    const int64_t w = sh.c + sh.r, cache_bytes = sh.b * sh.s * w * 2, pages_per_seq = sh.s / page;
+    const int nbuf = int(std::max<int64_t>(1, std::min<int64_t>(8, (int64_t{512} << 20) / cache_bytes + 1)));
+    std::vector<at::Tensor> pools;
+    for (int i = 0; i < nbuf; ++i) pools.push_back(at::randn({sh.b * pages_per_seq, page, w}, bf));
+    at::Tensor table = at::randperm(sh.b * pages_per_seq, at::TensorOptions().dtype(at::kLong))
+                           .to(at::kInt).view({sh.b, pages_per_seq}).to(at::kCUDA);
+    at::Tensor lengths = at::full({sh.b}, int(sh.s), at::TensorOptions().dtype(at::kInt).device(at::kCUDA));
+    at::Tensor q_lat = at::randn({sh.b, sh.h, sh.c}, bf), q_pe = at::randn({sh.b, sh.h, sh.r}, bf);
+    at::Tensor out = at::empty({sh.b, sh.h, sh.c}, bf);
+    const double scale = 1.0 / std::sqrt(double(sh.c / 4 + sh.r));
+    auto run = [&](int64_t splits) {
+      return time_ms(iters, [&](int i) {
+        hylo::kernels::mla_latent_decode_paged(q_lat, q_pe, pools[i % nbuf], table, lengths, scale, splits, out);
+      });
+    };
+    std::printf("B=%ld C+R=%ld H=%ld S=%ld:", long(sh.b), long(w), long(sh.h), long(sh.s));
+    auto report = [&](const char* what, double ms) {
+      const double gbs = double(cache_bytes) / (ms * 1e-3) / 1e9;
+      std::printf("  %s %.4f ms %.0f%%", what, ms, 100.0 * gbs / copy_gbs);
+    };
+    for (auto [tn, mt] : plans) {
+      hylo::kernels::set_mla_decode_tuning(tn, mt);
+      char name[32];
+      std::snprintf(name, sizeof(name), "tn%d/mt%d", tn, mt);
+      report(name, run(0));
+    }
+    hylo::kernels::set_mla_decode_tuning(0, 0);
+    for (int64_t splits : {66, 132, 264, 528}) {
+      char name[32];
+      std::snprintf(name, sizeof(name), "splits%ld", long(splits));
+      report(name, run(splits));
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int iters = 20;
-  bool paged = false;
+  bool paged = false, tuning = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc) iters = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--paged") == 0) paged = true;
+    if (std::strcmp(argv[i], "--tuning") == 0) tuning = true;
   }
   if (!at::hasCUDA()) {
     std::fprintf(stderr, "mla_decode_bench: no CUDA device\n");
@@ -125,6 +179,10 @@ int main(int argc, char** argv) {
   const double copy_gbs = copy_bandwidth_gbs(iters);
   std::printf("device %s, %d SMs, L2 %d MiB; device-to-device copy %.0f GB/s (read+write)\n", prop->name,
               prop->multiProcessorCount, prop->l2CacheSize >> 20, copy_gbs);
+  if (tuning) {
+    bench_tuning(iters, copy_gbs);
+    return 0;
+  }
   if (paged) {
     bench_paged(iters, copy_gbs);
     return 0;

@@ -66,4 +66,9 @@ at::Tensor mla_latent_decode_paged(const at::Tensor& q_lat, const at::Tensor& q_
                                    const at::Tensor& page_table, const at::Tensor& lengths, double scale,
                                    int64_t num_splits = 0, const at::Tensor& out = at::Tensor());
 
+// Benchmarks only (bench/mla_decode_bench --tuning): forces the key tile (32, 64 or 128 tokens, capped by the
+// width's largest) and the heads per CTA (16 x head_tiles, 1-4) of later launches of both forms, where a ring of two
+// tiles fits; 0 (or an unsupported value) restores the automatic choice. Process-wide.
+void set_mla_decode_tuning(int tile_tokens, int head_tiles);
+
 }  // namespace hylo::kernels
