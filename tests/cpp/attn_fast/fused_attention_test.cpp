@@ -118,8 +118,9 @@ TEST(FusedAttention, GqaGradientsAtOffsetZero) {
                v = randn({c.b, c.hkv, c.t, c.d}, seed++), w = randn({c.b, c.hq, c.t, c.d}, seed++);
     const double scale = 1.0 / std::sqrt(double(c.d));
     auto grads = [&](auto&& fn, at::Device dev, at::ScalarType dt) {
-      at::Tensor qq = q.to(dev, dt).requires_grad_(), kk = k.to(dev, dt).requires_grad_(),
-                 vv = v.to(dev, dt).requires_grad_();
+      // detach(): .to() of a fp64 CPU tensor to fp64 CPU returns the tensor itself, which must stay a constant.
+      at::Tensor qq = q.to(dev, dt).detach().requires_grad_(), kk = k.to(dev, dt).detach().requires_grad_(),
+                 vv = v.to(dev, dt).detach().requires_grad_();
       (fn(qq, kk, vv).to(at::kDouble) * w.to(dev)).sum().backward();
       return std::array<at::Tensor, 3>{qq.grad(), kk.grad(), vv.grad()};
     };
@@ -231,7 +232,7 @@ TEST(FusedAttention, MlaDecompressedGradientsAtOffsetZero) {
     auto grads = [&](at::Device dev, at::ScalarType dt) {
       std::array<at::Tensor, 5> x = {in.q_nope.to(dev, dt), in.q_pe.to(dev, dt), in.c_kv.to(dev, dt),
                                      in.k_pe.to(dev, dt), in.w.to(dev, dt)};
-      for (auto& t : x) t.requires_grad_();
+      for (auto& t : x) t = t.detach().requires_grad_();  // leaves, never the shared fp64 inputs themselves
       at::Tensor out = ops::mla_attention_decompressed(x[0], x[1], x[2], x[3], x[4], m.g, scale, 0);
       (out.to(at::kDouble) * w.to(dev)).sum().backward();
       std::array<at::Tensor, 5> g;
