@@ -5,7 +5,7 @@
 #
 #   bash scripts/device/fast_attn.sh build DIR    here: build, then fill DIR (e.g. /work/main/.devwork/fast-attn)
 #   bash scripts/device/fast_attn.sh run [tests|kd64k|all]   THERE, from the carried folder; logs in $OUT
-# Device call: run(command="cd .devwork/fast-attn && bash run.sh all", carry=[".devwork/fast-attn"]).
+# Device call: run(command="cd .devwork/fast-attn && bash run.sh run all", carry=[".devwork/fast-attn"]).
 set -uo pipefail
 mode="${1:-}"; shift || true
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
