@@ -19,6 +19,7 @@
 #include "args.h"
 #include "command.h"
 #include "engine_args.h"
+#include "sampling_args.h"
 #include "hylo/core/file_util.h"
 #include "hylo/infer/engine_generate.h"
 #include "hylo/infer/generate.h"
@@ -33,13 +34,7 @@ struct GenerateArgs {
   std::string prompt, prompt_file, prompt_ids, system, messages_file;
   bool chat = false;
   int64_t max_new_tokens = 256;
-  bool greedy = false;
-  double temperature = 0.7;
-  int64_t top_k = 0;
-  double top_p = 0.9;
-  double min_p = 0.0;
-  double repetition_penalty = 1.0;
-  uint64_t seed = 0;
+  SamplingArgs sampling;
   std::vector<std::string> stop;
   std::string dtype = "fp32";
   std::string device = "cpu";
@@ -87,13 +82,7 @@ int run_generate(const GenerateArgs& a) {
     if (s.empty()) throw Error("generate: --stop needs a non-empty string");
 
   GenerateOptions opts;
-  opts.sampling.temperature = a.greedy ? 0.0 : a.temperature;
-  opts.sampling.top_k = a.top_k;
-  opts.sampling.top_p = a.top_p;
-  opts.sampling.min_p = a.min_p;
-  opts.sampling.repetition_penalty = a.repetition_penalty;
-  opts.sampling.seed = a.seed;
-  opts.sampling.validate();
+  opts.sampling = a.sampling.params();
   if (a.max_new_tokens < 0) throw Error("generate: --max-new-tokens must be >= 0, got " + std::to_string(a.max_new_tokens));
   opts.max_new_tokens = a.max_new_tokens;
   opts.stop_strings = a.stop;
@@ -198,14 +187,7 @@ CommandRun setup_generate(CLI::App& app) {
   app.add_option("--system", a->system, "system message for --chat");
   app.add_option("--messages", a->messages_file, "JSON file: [{\"role\": ..., \"content\": ...}, ...] (implies --chat)");
   app.add_option("--max-new-tokens", a->max_new_tokens, "most tokens to generate")->capture_default_str();
-  app.add_flag("--greedy", a->greedy, "argmax decoding (same as --temperature 0)");
-  app.add_option("--temperature", a->temperature, "softmax temperature; 0 = greedy")->capture_default_str();
-  app.add_option("--top-k", a->top_k, "keep the k most likely tokens; 0 = off")->capture_default_str();
-  app.add_option("--top-p", a->top_p, "nucleus sampling mass; 1 = off")->capture_default_str();
-  app.add_option("--min-p", a->min_p, "drop tokens below min_p x the top probability; 0 = off")->capture_default_str();
-  app.add_option("--repetition-penalty", a->repetition_penalty, "HF repetition penalty; 1 = off")
-      ->capture_default_str();
-  app.add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+  add_sampling_options(app, a->sampling);
   app.add_option("--stop", a->stop, "stop when this text appears (not printed); repeatable");
   app.add_option("--dtype", a->dtype, "fp32 or bf16")->capture_default_str();
   app.add_option("--device", a->device, "cpu or cuda[:N]")->capture_default_str();
