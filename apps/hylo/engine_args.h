@@ -93,10 +93,10 @@ inline int64_t pool_bytes_needed(const CausalLM& model, engine::EngineOptions op
   return sequences * pages_per_sequence * unit.bytes_per_page + (sequences + snapshots) * unit.bytes_per_slot;
 }
 
-// EngineOptions from the flags. `default_sequences` / `default_snapshots` are the command's defaults;
-// `tokens_per_sequence` sizes the CPU pools when no --memory-bytes is given.
-inline engine::EngineOptions engine_options(const EngineArgs& a, const CausalLM& model, int64_t default_sequences,
-                                            int64_t default_snapshots, int64_t tokens_per_sequence) {
+// EngineOptions from the flags, with the memory budget as given (memory_bytes 0: the GPU fraction rule) and the
+// command's defaults for max_sequences and prefix_snapshots. `cuda`: whether the model runs on a GPU.
+inline engine::EngineOptions engine_options_from_flags(const EngineArgs& a, bool cuda, int64_t default_sequences,
+                                                       int64_t default_snapshots) {
   engine::EngineOptions o;
   o.page_size = a.page_size;
   o.max_sequences = a.max_sequences > 0 ? a.max_sequences : default_sequences;
@@ -108,6 +108,7 @@ inline engine::EngineOptions engine_options(const EngineArgs& a, const CausalLM&
   if (!a.memory_bytes.empty()) {
     o.memory_bytes = parse_byte_size(a.memory_bytes, "--memory-bytes");
   } else if (!a.gpu_memory.empty()) {
+    if (!cuda) throw Error("--gpu-memory: the model runs on the CPU; give --memory-bytes instead");
     // A plain number up to 1 is a fraction; anything else (a larger number, or one with a unit) is bytes.
     const std::string& g = a.gpu_memory;
     size_t used = 0;
@@ -122,15 +123,20 @@ inline engine::EngineOptions engine_options(const EngineArgs& a, const CausalLM&
     else
       o.memory_bytes = parse_byte_size(g, "--gpu-memory");
   }
-  if (!model.options().device().is_cuda()) {
-    if (!a.gpu_memory.empty()) throw Error("--gpu-memory: the model runs on the CPU; give --memory-bytes instead");
-    if (o.memory_bytes == 0) {
-      o.validate();
-      const int64_t need = pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences, o.prefix_snapshots);
-      o.memory_bytes = std::min<int64_t>(std::max<int64_t>(need, 1), int64_t{4} << 30);
-    }
-  }
   o.validate();
+  return o;
+}
+
+// engine_options_from_flags for one model; on the CPU without --memory-bytes the pools get what
+// `default_sequences` sequences of `tokens_per_sequence` tokens need (at most 4 GiB).
+inline engine::EngineOptions engine_options(const EngineArgs& a, const CausalLM& model, int64_t default_sequences,
+                                            int64_t default_snapshots, int64_t tokens_per_sequence) {
+  const bool cuda = model.options().device().is_cuda();
+  engine::EngineOptions o = engine_options_from_flags(a, cuda, default_sequences, default_snapshots);
+  if (!cuda && o.memory_bytes == 0) {
+    const int64_t need = pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences, o.prefix_snapshots);
+    o.memory_bytes = std::min<int64_t>(std::max<int64_t>(need, 1), int64_t{4} << 30);
+  }
   return o;
 }
 
