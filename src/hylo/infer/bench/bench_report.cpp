@@ -192,6 +192,7 @@ Result<std::string> to_svg(const BenchReport& r) {
   memory.y_label = "GiB";
   memory.x_scale = plot::Scale::kLog2;
   memory.y_scale = plot::Scale::kLog10;
+  tpot.width = memory.width = 960;  // room for the legend's model names
   bool any = false;
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   for (const auto& m : r.models) {

@@ -317,7 +317,8 @@ BenchReport run_bench(const std::vector<BenchModelSource>& models, const BenchOp
     const at::Device dev = model->options().device();
     if (report.device.empty()) {
       report.device = describe_device(dev);
-      report.dtype = c10::toString(model->options().dtype().toScalarType());
+      const at::ScalarType t = model->options().dtype().toScalarType();
+      report.dtype = t == at::kBFloat16 ? "bf16" : t == at::kFloat ? "fp32" : c10::toString(t);
     }
     report.models.push_back(bench_model(*model, source.name, source.role, o));
     model.reset();
