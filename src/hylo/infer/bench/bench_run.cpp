@@ -148,20 +148,41 @@ ContextPoint run_context(CausalLM& model, const std::string& name, const BenchOp
   return p;
 }
 
+// Tokens each of `batch` sequences reserves: its prompt, and enough new tokens that decode_tokens steps with all
+// of them decoding follow the last sequence's start. Sequences start decoding as their prefill completes, spread
+// over about as many steps as the batch's prompts fill (each step also carries the running sequences' tokens).
+int64_t batch_sequence_tokens(const BenchOptions& o, int64_t batch) {
+  const int64_t step_tokens = std::max(o.engine.max_step_tokens, batch);
+  const int64_t prefill_steps = ceil_div(batch * o.batch_prompt_tokens, std::max<int64_t>(1, step_tokens - batch)) +
+                                ceil_div(o.batch_prompt_tokens, o.engine.prefill_chunk) + batch;
+  return o.batch_prompt_tokens + o.decode_tokens + prefill_steps + 2;
+}
+
+// The most sequences of the batch sweep that fit the budget (each with batch_sequence_tokens of that count).
+int64_t max_batch_in_budget(const BenchOptions& o, const engine::MemoryPlan& unit, int64_t budget) {
+  auto fits = [&](int64_t b) {
+    return b * pool_need(unit, o.engine.page_size, batch_sequence_tokens(o, b), 1) <= budget;
+  };
+  constexpr int64_t kCap = int64_t{1} << 24;
+  if (!fits(1)) return 0;
+  int64_t lo = 1, hi = 2;  // fits(lo); grow hi until it does not fit
+  while (hi < kCap && fits(hi)) lo = hi, hi *= 2;
+  if (hi >= kCap && fits(kCap)) return kCap;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
 BatchPoint run_batch(CausalLM& model, const BenchOptions& o, const engine::MemoryPlan& unit, int64_t budget,
                      int64_t batch) {
   BatchPoint p;
   p.batch = batch;
   p.prompt_tokens = o.batch_prompt_tokens;
-  // Sequences start decoding as their prefill completes, over about this many steps; each generates enough
-  // tokens that decode_tokens steps with all of them decoding follow the last start.
-  const int64_t step_tokens = std::max(o.engine.max_step_tokens, batch);
-  const int64_t prefill_steps = ceil_div(batch * o.batch_prompt_tokens, std::max<int64_t>(1, step_tokens - batch)) +
-                                ceil_div(o.batch_prompt_tokens, o.engine.prefill_chunk) + batch;
-  const int64_t max_new = o.decode_tokens + prefill_steps + 2;
-  const int64_t tokens = o.batch_prompt_tokens + max_new;
-  const int64_t per_sequence = pool_need(unit, o.engine.page_size, tokens, 1);
-  p.max_batch = per_sequence > 0 ? budget / per_sequence : INT64_MAX;
+  const int64_t tokens = batch_sequence_tokens(o, batch);
+  const int64_t max_new = tokens - o.batch_prompt_tokens;
+  p.max_batch = max_batch_in_budget(o, unit, budget);
   p.fits = batch <= p.max_batch;
   if (!p.fits) return p;
   const at::Device dev = model.options().device();
@@ -229,7 +250,9 @@ void check_options(const BenchOptions& o) {
     if (b < 1) throw Error("bench: --batch must be positive, got " + std::to_string(b));
   if (!o.batches.empty() && o.batch_prompt_tokens < 1)
     throw Error("bench: --batch-prompt must be positive, got " + std::to_string(o.batch_prompt_tokens));
-  o.engine.validate();
+  engine::EngineOptions single = o.engine;  // every point sets its own max_sequences
+  single.max_sequences = 1;
+  single.validate();
 }
 
 }  // namespace
