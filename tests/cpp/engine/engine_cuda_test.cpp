@@ -1,6 +1,6 @@
 // The engine on the GPU against full-forward recomputation on the GPU (issue 9's acceptance, GPU half): a hybrid
 // shaped so that every CUDA path is taken (paged MLA decode kernel: Rkv 64, Dr 16; gated-delta step and chunk
-// kernels: Dk = Dv = 64; causal conv1d kernel), with CUDA graphs for decode steps, several requests in mixed
+// kernels: Dk = Dv = 128; causal conv1d kernel; in bf16 the fused GDN decode kernel through the slot indices), with CUDA graphs for decode steps, several requests in mixed
 // batches, a preemption and a prefix hit. Every logits row must be as close to an fp64 CPU forward as a plain
 // forward in the same dtype is (4x its error), and every greedy token must be the full forward's argmax wherever
 // that argmax is decided by more than the tolerance. Skipped without CUDA.
@@ -22,8 +22,8 @@ ModelConfig kernel_shaped_config() {
   c.layers[1].mla.kv_lora_rank = 64;
   c.layers[1].mla.qk_rope_head_dim = 16;
   c.layers[2].gdn.num_heads = 2;
-  c.layers[2].gdn.head_k_dim = 64;
-  c.layers[2].gdn.head_v_dim = 64;
+  c.layers[2].gdn.head_k_dim = 128;  // the fused decode kernel's smallest shape (bf16; fp32 takes the step kernel)
+  c.layers[2].gdn.head_v_dim = 128;
   return c;
 }
 
