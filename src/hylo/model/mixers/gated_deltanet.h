@@ -9,7 +9,8 @@
 // scale Dk^-1/2 (chunk form for a stateless call or a prefill, recurrent form for a one-token step with a state);
 // per-head o_norm(o) * SiLU(g_proj(x)) (FusedRMSNormGated); o_proj. use_short_conv = false replaces the convs
 // by a plain SiLU, use_gate = false drops g_proj and keeps the plain RMSNorm, both as FLA does.
-// Positions are not used (no RoPE).
+// Positions are not used (no RoPE). On CUDA a one-token step with a state (bf16, plan dims) runs everything between
+// the projections and o_proj as one fused kernel (decode_fused); the ATen code stays the reference and CPU path.
 #pragma once
 
 #include <ATen/ATen.h>
