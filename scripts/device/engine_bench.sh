@@ -31,7 +31,7 @@ build() {
   cp "$root/build/cuda-release/bin/hylo" "$carry/hylo" && strip "$carry/hylo"
   cp "$root"/bench/configs/*.json "$carry/configs/"
   cp "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" "$root/recipes/plans/llama3.2-1b-4mla12gdn.yaml" "$carry/plans/"
-  cp -L /lib/x86_64-linux-gnu/libyaml-cpp.so.0.7 "$carry/"
+  cp -L /lib/x86_64-linux-gnu/libyaml-cpp.so.0.7 /lib/x86_64-linux-gnu/libpcre2-8.so.0 "$carry/"
   [[ -f "$root/../shared/peers/peer_hybrid.py" ]] && cp "$root/../shared/peers/peer_hybrid.py" "$carry/"
   cp "$HYLO_CACHE"/wheels/fla_core-0.6.0-*.whl "$HYLO_CACHE"/wheels/flash_linear_attention-0.6.0-*.whl \
     "$carry/whl/" 2>/dev/null || echo "note: no fla wheels in $HYLO_CACHE/wheels (the peer step will be skipped)"
@@ -51,7 +51,7 @@ run_there() {
   local start; start=$(date +%s)
   left() { echo $(( budget - ($(date +%s) - start) )); }
   local tl; tl="$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
-  export LD_LIBRARY_PATH="$d:$tl:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+  export LD_LIBRARY_PATH="$d:$tl:$tl/../../nvidia/cu13/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
   export OMP_NUM_THREADS=8
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "commit $(cat "$d/commit.txt")";
     date -u; } | tee "$out/machine.txt"
