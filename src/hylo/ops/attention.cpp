@@ -4,6 +4,7 @@
 #include <string>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/tensor_util.h"
 
 namespace hylo::ops {
 namespace {
@@ -35,9 +36,11 @@ at::Tensor causal_attention_reference(const at::Tensor& q, const at::Tensor& k, 
   const int64_t b = q.size(0), hq = q.size(1), t = q.size(2), d = q.size(3);
   const int64_t hkv = k.size(1), s = k.size(2), rep = hq / hkv;
   // Group the query heads that share a KV head: [B, Hkv, rep, T, Dh]; k, v broadcast as [B, Hkv, 1, S, Dh].
-  at::Tensor qg = q.to(at::kFloat).reshape({b, hkv, rep, t, d});
-  at::Tensor kg = k.to(at::kFloat).unsqueeze(2);
-  at::Tensor vg = v.to(at::kFloat).unsqueeze(2);
+  // fp32 math for half types, fp64 for fp64 inputs (so fp64 tests compare forms at rounding level).
+  const at::ScalarType ct = compute_type(q.scalar_type());
+  at::Tensor qg = q.to(ct).reshape({b, hkv, rep, t, d});
+  at::Tensor kg = k.to(ct).unsqueeze(2);
+  at::Tensor vg = v.to(ct).unsqueeze(2);
   at::Tensor scores = at::matmul(qg, kg.transpose(-1, -2)) * scale;          // [B, Hkv, rep, T, S]
   at::Tensor mask = causal_mask(t, s, q_offset, window, q.device());        // [T, S]
   scores = scores.masked_fill(at::logical_not(mask), -std::numeric_limits<float>::infinity());

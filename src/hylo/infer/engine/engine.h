@@ -93,7 +93,9 @@ struct Event {
 struct SequenceResult {
   std::vector<int64_t> output;           // generated ids
   std::vector<double> prompt_logprobs;   // prompt.size() - 1 values when requested
-  at::Tensor logits;                     // [positions, V] fp32 when keep_logits: prompt rows then generated rows
+  // keep_logits: [n, V] fp32 on the CPU, row p = the logits after tokens[0..p] (prompt then generated), for every
+  // position the model ran: all but the last generated token, as a full forward over them would give.
+  at::Tensor logits;
   FinishReason finish = FinishReason::kNone;
   int64_t prompt_tokens = 0;
   int64_t cached_prompt_tokens = 0;      // prompt tokens taken from the prefix cache instead of computed

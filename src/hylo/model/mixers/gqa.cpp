@@ -63,8 +63,12 @@ std::unique_ptr<MixerState> GqaMixer::new_state(int64_t batch, int64_t max_token
   return state;
 }
 
-at::Tensor GqaMixer::forward(const at::Tensor& x, const at::Tensor& positions, MixerState* state) {
+GqaProjection GqaMixer::project(const at::Tensor& x, const at::Tensor& positions) const {
+  if (x.dim() != 3 || x.size(2) != hidden_size())
+    throw Error("gqa: x must be [B, T, " + std::to_string(hidden_size()) + "], got " + c10::str(x.sizes()));
   const int64_t b = x.size(0), t = x.size(1);
+  if (positions.dim() != 1 || positions.size(0) != t)
+    throw Error("gqa: positions must be [T] = [" + std::to_string(t) + "], got " + c10::str(positions.sizes()));
   const int64_t hq = spec_.num_heads, hkv = spec_.num_kv_heads, dh = spec_.head_dim;
   at::Tensor q = at::linear(x, q_w_, q_b_).view({b, t, hq, dh});   // [B, T, Hq, Dh]
   at::Tensor k = at::linear(x, k_w_, k_b_).view({b, t, hkv, dh});  // [B, T, Hkv, Dh]
@@ -73,12 +77,29 @@ at::Tensor GqaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
     q = ops::rms_norm(q, q_norm_, eps_);
     k = ops::rms_norm(k, k_norm_, eps_);
   }
-  q = q.transpose(1, 2);  // [B, Hq, T, Dh]
-  k = k.transpose(1, 2);  // [B, Hkv, T, Dh]
-  v = v.transpose(1, 2);  // [B, Hkv, T, Dh]
+  // apply_rope takes [B, H, T, Dh]; the transposes are views.
   auto [cos, sin] = ops::rope_cos_sin(inv_freq_, positions, attention_scaling_, q.scalar_type());  // [T, Dh]
-  q = ops::apply_rope(q, cos, sin);
-  k = ops::apply_rope(k, cos, sin);
+  q = ops::apply_rope(q.transpose(1, 2), cos, sin).transpose(1, 2);  // [B, T, Hq, Dh]
+  k = ops::apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2);  // [B, T, Hkv, Dh]
+  return {q, k, v};
+}
+
+at::Tensor GqaMixer::project_out(const at::Tensor& o) const {
+  const int64_t hq = spec_.num_heads, dh = spec_.head_dim;
+  if (o.dim() != 4 || o.size(2) != hq || o.size(3) != dh)
+    throw Error("gqa: attention output must be [B, T, " + std::to_string(hq) + ", " + std::to_string(dh) +
+                "], got " + c10::str(o.sizes()));
+  return at::linear(o.reshape({o.size(0), o.size(1), hq * dh}), o_w_, o_b_);  // [B, T, D]
+}
+
+double GqaMixer::softmax_scale() const { return std::pow(static_cast<double>(spec_.head_dim), -0.5); }
+
+at::Tensor GqaMixer::forward(const at::Tensor& x, const at::Tensor& positions, MixerState* state) {
+  GqaProjection pr = project(x, positions);
+  const int64_t b = x.size(0), t = x.size(1);
+  at::Tensor q = pr.q.transpose(1, 2);  // [B, Hq, T, Dh]
+  at::Tensor k = pr.k.transpose(1, 2);  // [B, Hkv, T, Dh]
+  at::Tensor v = pr.v.transpose(1, 2);  // [B, Hkv, T, Dh]
 
   int64_t q_offset = 0;
   if (state != nullptr) {
@@ -97,10 +118,8 @@ at::Tensor GqaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
     k = kv->k.narrow(2, 0, kv->length);  // [B, Hkv, S, Dh]
     v = kv->v.narrow(2, 0, kv->length);
   }
-  const double scale = std::pow(static_cast<double>(dh), -0.5);  // HF: head_dim**-0.5
-  at::Tensor out = ops::causal_attention(q, k, v, scale, q_offset, spec_.sliding_window);  // [B, Hq, T, Dh]
-  out = out.transpose(1, 2).reshape({b, t, hq * dh});                                     // [B, T, Hq*Dh]
-  return at::linear(out, o_w_, o_b_);                                                     // [B, T, D]
+  at::Tensor out = ops::causal_attention(q, k, v, softmax_scale(), q_offset, spec_.sliding_window);  // [B, Hq, T, Dh]
+  return project_out(out.transpose(1, 2));                                                          // [B, T, D]
 }
 
 namespace {

@@ -1,5 +1,8 @@
 // GqaMixer: the Transformer teacher's grouped-query softmax attention as a Mixer, with HF parameter names
 // (self_attn.{q,k,v,o}_proj, Qwen3's self_attn.{q,k}_norm) and a KV cache as its MixerState.
+//
+// forward() is project() -> causal attention over the cache -> project_out(); the engine (infer/engine/
+// engine_layer_gqa.cpp) calls the same project() / project_out() around its paged KV cache.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,6 +22,13 @@ class GqaState : public MixerState {
   int64_t bytes() const override;
 };
 
+// The new tokens' queries, keys and values (GqaMixer::project), token-major as the engine's pages store them.
+struct GqaProjection {
+  at::Tensor q;  // [B, T, Hq, Dh] after q_norm (Qwen3) and RoPE
+  at::Tensor k;  // [B, T, Hkv, Dh] after k_norm (Qwen3) and RoPE: what a KV cache stores
+  at::Tensor v;  // [B, T, Hkv, Dh]
+};
+
 class GqaMixer : public Mixer {
  public:
   GqaMixer(const ModelConfig& config, const LayerSpec& layer, const at::TensorOptions& options);
@@ -28,6 +38,14 @@ class GqaMixer : public Mixer {
   std::unique_ptr<MixerState> new_state(int64_t batch, int64_t max_tokens,
                                         const at::TensorOptions& options) const override;
   void visit_parameters(const std::string& prefix, const ParamVisitor& visit) override;
+
+  // x: [B, T, D]; positions: [T] int64 absolute positions (RoPE). Results in x's dtype.
+  GqaProjection project(const at::Tensor& x, const at::Tensor& positions) const;
+  // o: [B, T, Hq, Dh] attention output -> [B, T, D] (o_proj).
+  at::Tensor project_out(const at::Tensor& o) const;
+  double softmax_scale() const;  // head_dim^-0.5, as HF
+  const GqaSpec& spec() const { return spec_; }
+  int64_t hidden_size() const { return q_w_.size(1); }
 
  private:
   GqaSpec spec_;

@@ -90,10 +90,10 @@ std::unique_ptr<MixerState> MlaMixer::new_state(int64_t batch, int64_t max_token
   return std::make_unique<MlaState>(std::move(cache), spec_.kv_lora_rank);
 }
 
-at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, MixerState* state) {
+MlaProjection MlaMixer::project(const at::Tensor& x, const at::Tensor& positions) const {
   const MlaSpec& s = spec_;
-  if (x.dim() != 3 || x.size(2) != kv_a_w_.size(1))
-    throw Error("mla mixer: x must be [B, T, " + std::to_string(kv_a_w_.size(1)) + "], got " + c10::str(x.sizes()));
+  if (x.dim() != 3 || x.size(2) != hidden_size())
+    throw Error("mla mixer: x must be [B, T, " + std::to_string(hidden_size()) + "], got " + c10::str(x.sizes()));
   const int64_t b = x.size(0), t = x.size(1), h = s.num_heads;
   const int64_t p = s.qk_nope_head_dim, r = s.qk_rope_head_dim, c = s.kv_lora_rank;
   if (positions.dim() != 1 || positions.size(0) != t)
@@ -122,8 +122,23 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
   ops::RotaryTables tables = ops::mla_rope_tables(s.rope, r, positions, x.scalar_type(), x.device());
   q_pe = ops::apply_mla_rope(q_pe, tables, pair_order_);                          // [B, T, H, Dr]
   k_pe = ops::apply_mla_rope(k_pe, tables, pair_order_).squeeze(2);               // [B, T, Dr]
+  return {q_nope, q_pe, at::cat({c_kv, k_pe}, 2)};                                 // entry [B, T, Rkv+Dr]
+}
 
-  at::Tensor keys = at::cat({c_kv, k_pe}, 2);                                      // [B, T, Rkv+Dr]
+at::Tensor MlaMixer::project_out(const at::Tensor& o) const {
+  const int64_t h = spec_.num_heads, v = spec_.v_head_dim;
+  if (o.dim() != 4 || o.size(2) != h || o.size(3) != v)
+    throw Error("mla mixer: attention output must be [B, T, " + std::to_string(h) + ", " + std::to_string(v) +
+                "], got " + c10::str(o.sizes()));
+  return at::linear(o.reshape({o.size(0), o.size(1), h * v}), out_w_, out_b_);    // [B, T, D]
+}
+
+at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, MixerState* state) {
+  const MlaSpec& s = spec_;
+  MlaProjection pr = project(x, positions);
+  const int64_t t = x.size(1), c = s.kv_lora_rank, r = s.qk_rope_head_dim;
+
+  at::Tensor keys = pr.entry;                                                      // [B, T, Rkv+Dr]
   int64_t q_offset = 0;
   if (state != nullptr) {
     auto* st = dynamic_cast<MlaState*>(state);
@@ -135,11 +150,11 @@ at::Tensor MlaMixer::forward(const at::Tensor& x, const at::Tensor& positions, M
   at::Tensor keys_pe = keys.narrow(2, c, r);                                       // [B, S, Dr]
 
   bool absorbed = form_ == MlaForm::kAbsorbed || (form_ == MlaForm::kAuto && state != nullptr && t == 1);
-  at::Tensor o = absorbed ? ops::mla_attention_absorbed(q_nope, q_pe, keys_c, keys_pe, kv_b_w_, s.num_kv_groups,
-                                                        softmax_scale_, q_offset)
-                          : ops::mla_attention_decompressed(q_nope, q_pe, keys_c, keys_pe, kv_b_w_,
+  at::Tensor o = absorbed ? ops::mla_attention_absorbed(pr.q_nope, pr.q_pe, keys_c, keys_pe, kv_b_w_,
+                                                        s.num_kv_groups, softmax_scale_, q_offset)
+                          : ops::mla_attention_decompressed(pr.q_nope, pr.q_pe, keys_c, keys_pe, kv_b_w_,
                                                             s.num_kv_groups, softmax_scale_, q_offset);  // [B, T, H, Dv]
-  return at::linear(o.reshape({b, t, h * s.v_head_dim}), out_w_, out_b_);          // [B, T, D]
+  return project_out(o);                                                           // [B, T, D]
 }
 
 namespace {

@@ -6,6 +6,10 @@
 // part stored already rotated, in the DeepSeek pair layout), plus the number of tokens filled. A stateless forward
 // and a prefill (T > 1) use the decompressed form, attending over cache + new tokens; a decode step (T == 1 with
 // a state) uses the absorbed form. set_form() forces either form, for tests and benchmarks.
+//
+// forward() is project() -> attention over the latent cache -> project_out(). The engine (infer/engine/
+// engine_layer_mla.cpp) calls the same project() / project_out() around its own paged cache, so the two share
+// every projection, norm and rotation instead of keeping copies of them.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,6 +40,13 @@ class MlaState : public MixerState {
   int64_t length_ = 0;
 };
 
+// The new tokens' queries and cache entries (MlaMixer::project).
+struct MlaProjection {
+  at::Tensor q_nope;  // [B, T, H, Dn]
+  at::Tensor q_pe;    // [B, T, H, Dr] rotated
+  at::Tensor entry;   // [B, T, Rkv+Dr] what the latent cache stores per token: c_kv (normed) then rotated k_pe
+};
+
 class MlaMixer : public Mixer {
  public:
   MlaMixer(const ModelConfig& config, const LayerSpec& layer, const at::TensorOptions& options);
@@ -49,6 +60,15 @@ class MlaMixer : public Mixer {
   void set_form(MlaForm form) { form_ = form; }
   void set_rope_pair_order(ops::RopePairOrder order) { pair_order_ = order; }
   const MlaSpec& spec() const { return spec_; }
+
+  // x: [B, T, D]; positions: [T] int64 absolute positions of the T tokens (RoPE). Queries and cache entries in
+  // x's dtype.
+  MlaProjection project(const at::Tensor& x, const at::Tensor& positions) const;
+  // o: [B, T, H, Dv] attention output -> [B, T, D] (out_proj).
+  at::Tensor project_out(const at::Tensor& o) const;
+  const at::Tensor& kv_b_weight() const { return kv_b_w_; }  // [G*(Dn+Dv), Rkv], for the attention ops
+  double softmax_scale() const { return softmax_scale_; }
+  int64_t hidden_size() const { return kv_a_w_.size(1); }
 
  private:
   MlaSpec spec_;

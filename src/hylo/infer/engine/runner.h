@@ -1,0 +1,47 @@
+// Runs one step's plan through the model: packs the scheduled tokens of every sequence into one row [1, N],
+// builds the StepBatch every layer reads (positions, cache rows, slots, page tables, lengths), runs embedding,
+// the blocks with each mixer in its engine form (engine_layer.h), the final norm, and the LM head on just the rows
+// whose logits are wanted.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "hylo/infer/engine/cache_pool.h"
+#include "hylo/infer/engine/engine_layer.h"
+#include "hylo/infer/engine/scheduler.h"
+#include "hylo/model/causal_lm.h"
+
+namespace hylo::engine {
+
+struct StepOutput {
+  at::Tensor logits;  // [R, V] fp32 on the model's device, the wanted rows
+  // Per chunk in plan order (decode chunks, then prefill chunks): the row of its first position in `logits` when
+  // every position's logits were wanted, else -1; and the row of its last position, or -1 when not wanted.
+  std::vector<int64_t> first_row, last_row;
+};
+
+class Runner {
+ public:
+  Runner(CausalLM& model, CachePools& pools);
+
+  // Runs the plan; the caller advances each sequence's num_cached afterwards.
+  StepOutput run(const StepPlan& plan);
+
+ private:
+  StepBatch build_batch(const StepPlan& plan, std::vector<int64_t>& ids) const;
+
+  CausalLM& model_;
+  CachePools& pools_;
+  std::vector<std::unique_ptr<EngineLayer>> layers_;
+};
+
+// Whether the chunk's every position needs logits (prompt log-probs or kept logits), and whether its last does
+// (the chunk reaches the end of the sequence's tokens, so the next token is chosen from it).
+bool wants_all_rows(const ScheduledChunk& chunk);
+bool wants_last_row(const ScheduledChunk& chunk);
+
+}  // namespace hylo::engine
