@@ -269,7 +269,7 @@ def test_seed_and_stop(server):
 # ---- load ---------------------------------------------------------------------------------------------------
 
 LOAD_CLIENTS = 32
-LOAD_TOKENS = 24
+LOAD_TOKENS = 64
 
 
 def test_concurrent_streams_each_get_their_own_answer(server):
@@ -481,10 +481,10 @@ def test_fuzzed_bodies_never_crash_the_server(server):
 
 # ---- a second server: queue limit, graceful shutdown ---------------------------------------------------------
 
-def stream_tokens(url, prompt_tokens, n, key=None):
-    """Opens a streaming completion; returns (socket, first bytes) once the first token arrived."""
+def stream_tokens(url, prompt_tokens, n):
+    """Opens a streaming completion; returns (socket, bytes so far) once the first token arrived."""
     body = json.dumps({"prompt": prompt_tokens, "max_tokens": n, "stream": True, "ignore_eos": True,
-                       "temperature": 0}).encode()
+                       "temperature": 0, "logprobs": 20}).encode()
     host, port = url.split("//")[1].split(":")
     s = socket.create_connection((host, int(port)))
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
@@ -498,23 +498,28 @@ def stream_tokens(url, prompt_tokens, n, key=None):
 def test_queue_full_and_graceful_shutdown(model_dir, tmp_path):
     s = Served(model_dir, tmp_path, "--max-queue", 1)
     try:
-        sock, got = stream_tokens(s.url, [0, 5, 6], 400)
+        n = 1500  # long enough (with 20 logprobs a token) that the checks below run while it drains
+        sock, got = stream_tokens(s.url, [0, 5, 6], n)
         status, answer = http(s, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}, key=None)
         assert status == 429 and answer["error"]["type"] == "rate_limit_error"
         s.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while http(s, "GET", "/health", key=None)[0] != 503:  # the watcher thread saw the signal
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         status, answer = http(s, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}, key=None)
         assert status == 503 and answer["error"]["code"] == "shutting_down"
-        assert http(s, "GET", "/health", key=None)[0] == 503
         sock.settimeout(120)
         while b"[DONE]" not in got:
             more = sock.recv(65536)
             assert more, "the in-flight stream was cut by the shutdown"
             got += more
         sock.close()
-        texts = [json.loads(line[6:])["choices"][0] for line in got.decode(errors="replace").split("\r\n")
-                 if line.startswith("data: {")]
-        assert texts[-1]["finish_reason"] == "length"  # all 400 tokens arrived
+        # Chunked transfer framing aside, every event is one line "data: {...}".
+        events = [json.loads(line[6:]) for line in got.decode(errors="replace").split("\r\n")
+                  if line.startswith("data: {")]
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert sum(len(e["choices"][0]["logprobs"]["tokens"]) for e in events if e["choices"][0]["logprobs"]) == n
         assert s.proc.wait(60) == 0
         assert "draining" in s.log.read_text()
     finally:
