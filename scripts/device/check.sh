@@ -96,7 +96,10 @@ build_all() {
     return 1
   fi
   say "build: $jobs jobs"
-  if ! cmake --build "$build" -j "$jobs" >>"$out/build.log" 2>&1; then
+  # HYLO_CHECK_TARGETS="hylo test_engine ...": build only these (a quicker loop than the whole tree).
+  local targets=()
+  [[ -n "${HYLO_CHECK_TARGETS:-}" ]] && targets=(--target ${HYLO_CHECK_TARGETS})
+  if ! cmake --build "$build" -j "$jobs" "${targets[@]}" >>"$out/build.log" 2>&1; then
     grep -E "error|Error" "$out/build.log" | head -n 30
     tail -n 20 "$out/build.log"
     row "build (cuda-release)" "FAILED after $((SECONDS - t0)) s (see build.log)"
@@ -111,7 +114,10 @@ run_tests() {
   # Stop in time to print the table inside the device tool's 600 s per call (HYLO_CHECK_BUDGET_S).
   local left=$(( ${HYLO_CHECK_BUDGET_S:-570} - SECONDS ))
   (( left < 60 )) && left=60
-  timeout "$left" ctest --test-dir "$build" -L cpp -j "$jobs" --timeout 300 --output-on-failure >"$out/ctest.log" 2>&1
+  # HYLO_CHECK_TESTS=REGEX: only the matching tests (with HYLO_CHECK_TARGETS, the ones built).
+  local filter=()
+  [[ -n "${HYLO_CHECK_TESTS:-}" ]] && filter=(-R "${HYLO_CHECK_TESTS}")
+  timeout "$left" ctest --test-dir "$build" -L cpp "${filter[@]}" -j "$jobs" --timeout 300 --output-on-failure >"$out/ctest.log" 2>&1
   local rc=$?
   local summary
   summary="$(grep -E "tests passed|tests failed" "$out/ctest.log" | tail -n1)"

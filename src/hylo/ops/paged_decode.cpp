@@ -5,6 +5,9 @@
 #include <vector>
 
 #include "hylo/core/result.h"
+#if HYLO_HAVE_CUDA
+#include "hylo/kernels/mla_decode/mla_decode.h"
+#endif
 #include "hylo/ops/mla.h"
 #include "hylo/ops/tensor_util.h"
 
@@ -109,10 +112,17 @@ at::Tensor mla_decode_paged(const at::Tensor& q_nope, const at::Tensor& q_pe, co
   MlaUpProjections up = mla_split_kv_b(kv_b_weight, g, p);                                  // [G, Dn, Rkv], [G, Dv, Rkv]
   // q~ = q_nope W_UK per group (head h = g * rep + i, as mla_attention_absorbed groups them).
   at::Tensor q_lat = at::matmul(q_nope.reshape({s, g, rep, p}), up.w_uk).reshape({s, h, c});  // [S, H, Rkv]
-  // ---- GPU route (to add with the paged kernel, kernels/mla_decode): for bf16 CUDA operands that the kernel
-  // supports, ctx = kernels::mla_latent_decode_paged(q_lat, q_pe, pages, page_table, lengths, scale) with the same
-  // contract as mla_latent_decode_paged_reference; W_UK above and W_UV below stay as they are. ----
-  at::Tensor ctx = mla_latent_decode_paged_reference(q_lat, q_pe, pages, page_table, lengths, scale);  // [S, H, Rkv]
+  at::Tensor ctx;  // [S, H, Rkv]
+#if HYLO_HAVE_CUDA
+  // bf16 on the GPU: the split-KV paged kernel (kernels/mla_decode) does the attention core, graph-safe; W_UK above
+  // and W_UV below stay here. The reference below is what its GPU tests compare against.
+  if (q_lat.is_cuda()) {
+    at::Tensor ql = q_lat.to(pages.scalar_type()).contiguous(), qp = q_pe.to(pages.scalar_type()).contiguous();
+    if (kernels::mla_latent_decode_paged_supported(ql, qp, pages, page_table, lengths))
+      ctx = kernels::mla_latent_decode_paged(ql, qp, pages, page_table, lengths, scale).to(q_lat.scalar_type());
+  }
+#endif
+  if (!ctx.defined()) ctx = mla_latent_decode_paged_reference(q_lat, q_pe, pages, page_table, lengths, scale);
   // out = ctx W_UV^T: back from latent to value coordinates.
   return at::matmul(ctx.reshape({s, g, rep, c}), up.w_uv.transpose(1, 2)).reshape({s, h, v});  // [S, H, Dv]
 }

@@ -103,6 +103,7 @@ std::vector<double> collect_logprobs(std::vector<double>& into, const Event& e) 
 
 struct Case {
   int64_t page_size, chunk;
+  bool bucketed = false;  // decode steps through DecodeGraphs' bucket buffers (the CUDA-graph path, run eagerly)
 };
 
 class EngineExactness : public ::testing::TestWithParam<Case> {};
@@ -111,7 +112,9 @@ class EngineExactness : public ::testing::TestWithParam<Case> {};
 TEST_P(EngineExactness, EveryRowEqualsFullForward) {
   const Case c = GetParam();
   auto model = mixed_model(at::kDouble);
-  Engine engine(*model, with_pages(*model, small_options(c.page_size, c.chunk), 200));
+  EngineOptions o = small_options(c.page_size, c.chunk);
+  o.bucketed_decode_on_cpu = c.bucketed;
+  Engine engine(*model, with_pages(*model, o, 200));
   const std::vector<int64_t> lengths = {1, 7, 19, 33, 50};
   std::vector<SeqId> ids;
   std::vector<std::vector<int64_t>> prompts;
@@ -152,10 +155,10 @@ TEST_P(EngineExactness, EveryRowEqualsFullForward) {
 
 INSTANTIATE_TEST_SUITE_P(ChunksAndPages, EngineExactness,
                          ::testing::Values(Case{1, 1}, Case{1, 5}, Case{3, 6}, Case{4, 8}, Case{16, 16}, Case{4, 64},
-                                           Case{16, 2048}),
+                                           Case{16, 2048}, Case{1, 5, true}, Case{4, 8, true}, Case{16, 2048, true}),
                          [](const auto& info) {
                            return "page" + std::to_string(info.param.page_size) + "_chunk" +
-                                  std::to_string(info.param.chunk);
+                                  std::to_string(info.param.chunk) + (info.param.bucketed ? "_bucketed" : "");
                          });
 
 // Greedy decoding for 128 tokens: identical tokens to recomputing the whole sequence.
@@ -176,9 +179,11 @@ TEST(Engine, Greedy128TokensEqualFullRecomputation) {
 
 // Pages for fewer tokens than the requests need together: sequences are preempted and recomputed, and the rows
 // they end with are still those of a full forward.
-TEST(Engine, PreemptionKeepsResultsExact) {
+void preemption_keeps_results_exact(bool bucketed) {
   auto model = mixed_model(at::kDouble, 5);
-  Engine engine(*model, with_pages(*model, small_options(4, 8), 16));  // 64 tokens for four 40-token requests
+  EngineOptions o = small_options(4, 8);
+  o.bucketed_decode_on_cpu = bucketed;
+  Engine engine(*model, with_pages(*model, o, 16 + (bucketed ? 1 : 0)));  // 64 tokens for four 40-token requests
   std::vector<SeqId> ids;
   std::vector<std::vector<int64_t>> prompts;
   for (int i = 0; i < 4; ++i) {
@@ -202,6 +207,9 @@ TEST(Engine, PreemptionKeepsResultsExact) {
   }
   EXPECT_GT(preempted, 0);
 }
+
+TEST(Engine, PreemptionKeepsResultsExact) { preemption_keeps_results_exact(false); }
+TEST(Engine, PreemptionKeepsResultsExactBucketed) { preemption_keeps_results_exact(true); }
 
 // A second turn that repeats the first turn's tokens reuses its pages and recurrent-state snapshot: fewer tokens
 // are computed and the answer is the same as without the cache.

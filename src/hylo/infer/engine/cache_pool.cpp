@@ -214,6 +214,22 @@ void CachePools::unref_page(int32_t page) {
   if (--refs == 0) free_pages_.push_back(page);
 }
 
+std::pair<int64_t, int32_t> CachePools::reserve_scratch() {
+  std::pair<int64_t, int32_t> scratch{-1, -1};
+  if (has_recurrent_layers()) {
+    auto slot = alloc_slot();
+    if (!slot) throw Error("engine: no live slot left for the decode scratch slot");
+    scratch.first = *slot;
+  }
+  if (has_paged_layers()) {
+    auto page = alloc_page();
+    if (!page) throw Error("engine: no page left for the decode scratch page");
+    scratch.second = *page;
+    plan_.max_tokens_per_sequence -= page_size_;
+  }
+  return scratch;
+}
+
 std::optional<int64_t> CachePools::alloc_slot() {
   if (free_slots_.empty()) return std::nullopt;
   const int64_t slot = free_slots_.back();

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "hylo/config/model_config.h"
@@ -61,6 +62,11 @@ class CachePools {
   int64_t free_snapshots() const { return static_cast<int64_t>(free_snapshots_.size()); }
   int64_t live_slots() const { return live_slots_; }
   int64_t snapshot_slots() const { return plan_.num_slots - live_slots_; }
+
+  // One page and one live slot set aside for the padding rows of bucketed decode steps (cuda_graphs.h): padding may
+  // write them, nothing reads them. max_tokens_per_sequence shrinks by the page. Returns {slot, page}; -1 for a
+  // pool the model does not have. Call once, before any request.
+  std::pair<int64_t, int32_t> reserve_scratch();
 
   void copy_slot(int64_t from, int64_t to);  // every recurrent layer's state
   void zero_slot(int64_t slot);

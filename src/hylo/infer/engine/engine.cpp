@@ -23,11 +23,19 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 }
 }  // namespace
 
+// Bucketed decode (CUDA graphs) sets one live slot aside for padding rows; the pools get one more so that
+// max_sequences sequences still run at once.
+static EngineOptions with_scratch_slot(const CausalLM& model, EngineOptions o) {
+  const bool cuda = model.options().device().is_cuda();
+  if ((cuda && o.cuda_graphs) || (!cuda && o.bucketed_decode_on_cpu)) o.max_sequences += 1;
+  return o;
+}
+
 struct Engine::Impl {
   Impl(CausalLM& m, const EngineOptions& o)
-      : model(m), options(o), pools(m, o),
+      : model(m), options(o), pools(m, with_scratch_slot(m, o)),
         prefix(o.prefix_snapshots > 0 ? std::make_unique<PrefixCache>(pools, pools.has_recurrent_layers()) : nullptr),
-        scheduler(pools, prefix.get(), o), runner(m, pools) {}
+        scheduler(pools, prefix.get(), o), runner(m, pools, o) {}
 
   CausalLM& model;
   EngineOptions options;
@@ -213,7 +221,18 @@ std::vector<Event> Engine::step() {
   m.cancelled.clear();
 
   const StepPlan plan = m.scheduler.schedule();
-  if (plan.empty()) return events;
+  if (plan.empty()) {
+    // Nothing runs and nothing can be admitted although the pools are free: the head request can never start
+    // (submit's size check makes this unreachable unless memory was taken elsewhere). End it instead of spinning.
+    if (m.scheduler.running().empty() && !m.scheduler.waiting().empty()) {
+      Sequence& s = *m.scheduler.waiting().front();
+      m.finish(s, FinishReason::kError, events,
+               "engine: request " + std::to_string(s.id) + " cannot be admitted: " + std::to_string(s.tokens.size()) +
+                   " tokens need pages or a state slot that the free pools (" + m.pools.plan().describe() +
+                   ") cannot provide");
+    }
+    return events;
+  }
   StepOutput out = m.runner.run(plan);
   ++m.steps;
 
@@ -263,6 +282,10 @@ EngineStats Engine::stats() const {
   st.pages_used = plan.num_pages - m.pools.free_pages();
   st.slots_total = m.pools.live_slots();
   st.slots_used = m.pools.live_slots() - m.pools.free_slots();
+  // The scratch page and slot of bucketed decode are not the requests' memory.
+  const auto [scratch_slot, scratch_page] = m.runner.scratch();
+  if (scratch_slot >= 0) --st.slots_total, --st.slots_used;
+  if (scratch_page >= 0) --st.pages_total, --st.pages_used;
   st.snapshots_total = m.pools.snapshot_slots();
   st.snapshots_used = m.pools.snapshot_slots() - m.pools.free_snapshots();
   st.prefix_lookups = m.scheduler.prefix_lookups;
@@ -271,6 +294,7 @@ EngineStats Engine::stats() const {
   st.preemptions = m.scheduler.preemptions;
   st.prompt_tokens = m.prompt_tokens;
   st.generated_tokens = m.generated_tokens;
+  st.cuda_graph_replays = m.runner.graph_replays();
   return st;
 }
 

@@ -41,6 +41,8 @@ struct EngineOptions {
   int64_t prefix_snapshots = 0;      // recurrent-state snapshot slots for prefix reuse; 0 disables prefix reuse
   at::ScalarType state_dtype = at::kFloat;  // GDN / Mamba2 recurrent state (conv state keeps the model dtype)
   bool cuda_graphs = true;           // capture decode steps per batch-size bucket (CUDA only)
+  bool bucketed_decode_on_cpu = false;  // tests: run the graphs' bucketed decode path (padding rows, scratch
+                                        // slot and page, device-only step batch) eagerly on the CPU
 
   void validate() const;             // throws hylo::Error naming the field
 };

@@ -106,7 +106,7 @@ at::Tensor RecurrentEngineLayer::forward(const at::Tensor& x, const StepBatch& b
                   ") outside the step's " + std::to_string(N) + " tokens");
     if (i < batch.num_decode && c.count != 1)
       throw Error(who + ": a decode entry must have one token, has " + std::to_string(c.count));
-    if (c.slot < 0 || c.slot >= rows)
+    if (!batch.device_only && (c.slot < 0 || c.slot >= rows))
       throw Error(who + ": slot " + std::to_string(c.slot) + " outside the pool's [0, " + std::to_string(rows) +
                   ")");
     covered += c.count;

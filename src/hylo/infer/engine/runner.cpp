@@ -13,10 +13,19 @@ bool wants_last_row(const ScheduledChunk& c) {
   return c.seq->num_cached + c.count == static_cast<int64_t>(c.seq->tokens.size());
 }
 
-Runner::Runner(CausalLM& model, CachePools& pools) : model_(model), pools_(pools) {
+Runner::Runner(CausalLM& model, CachePools& pools, const EngineOptions& options) : model_(model), pools_(pools) {
   for (int64_t i = 0; i < model_.num_blocks(); ++i)
     layers_.push_back(make_engine_layer(model_.mixer(i), pools_.layer(i), pools_.page_size()));
+  const bool cuda = model_.options().device().is_cuda();
+  use_graphs_ = cuda && options.cuda_graphs;
+  bucketed_ = use_graphs_ || (!cuda && options.bucketed_decode_on_cpu);
+  if (bucketed_) {
+    scratch_ = pools_.reserve_scratch();
+    max_graph_batch_ = std::min<int64_t>(pools_.live_slots(), 256);
+  }
 }
+
+Runner::~Runner() = default;
 
 StepBatch Runner::build_batch(const StepPlan& plan, std::vector<int64_t>& ids) const {
   StepBatch b;
@@ -66,15 +75,65 @@ StepBatch Runner::build_batch(const StepPlan& plan, std::vector<int64_t>& ids) c
   return b;
 }
 
-StepOutput Runner::run(const StepPlan& plan) {
-  std::vector<int64_t> ids;
-  const StepBatch batch = build_batch(plan, ids);
-  const at::Device device = model_.options().device();
-  at::Tensor h = model_.embed(at::tensor(ids, at::kLong).to(device).unsqueeze(0));  // [1, N, D]
+at::Tensor Runner::forward_logits(const at::Tensor& ids, const StepBatch& batch) {
+  at::Tensor h = model_.embed(ids.unsqueeze(0));  // [1, N, D]
   for (int64_t i = 0; i < model_.num_blocks(); ++i)
     h = model_.forward_block_with(i, h, [&](Mixer&, const at::Tensor& x) {
       return layers_[static_cast<size_t>(i)]->forward(x, batch);
     });
+  return h;
+}
+
+StepOutput Runner::run_decode_bucketed(const StepPlan& plan) {
+  DecodeStepRows rows;
+  size_t need_pages = 1;
+  for (const auto& c : plan.decode) {
+    const Sequence& s = *c.seq;
+    const int64_t pos = s.num_cached, ps = pools_.page_size();
+    rows.ids.push_back(s.tokens[static_cast<size_t>(pos)]);
+    rows.positions.push_back(pos);
+    rows.slots.push_back(std::max<int64_t>(s.slot, 0));
+    rows.write_rows.push_back(s.pages.empty() ? 0 : s.pages[static_cast<size_t>(pos / ps)] * ps + pos % ps);
+    rows.lengths.push_back(static_cast<int32_t>(pos + 1));
+    rows.pages.push_back(s.pages);
+    need_pages = std::max(need_pages, s.pages.size());
+  }
+  if (!graphs_ || static_cast<int64_t>(need_pages) > graph_pages_) {
+    // The page-table width is fixed per capture; grow it by powers of two so a growing context recaptures rarely.
+    int64_t width = 16;
+    while (width < static_cast<int64_t>(need_pages)) width *= 2;
+    graph_pages_ = std::min<int64_t>(width, std::max<int64_t>(pools_.plan().num_pages, 1));
+    DecodeGraphOptions o;
+    o.device = model_.options().device();
+    o.max_batch = max_graph_batch_;
+    o.max_pages = graph_pages_;
+    o.page_size = pools_.page_size();
+    o.scratch_slot = std::max<int64_t>(scratch_.first, 0);
+    o.scratch_page = std::max<int32_t>(scratch_.second, 0);
+    o.use_graphs = use_graphs_;
+    graphs_.reset();  // the old graphs' memory goes back before the new ones capture
+    graphs_ = std::make_unique<DecodeGraphs>(o, [this](const DecodeGraphInputs& in) {
+      const StepBatch batch = in.step_batch();
+      at::Tensor h = forward_logits(in.ids, batch);    // [1, Bk, D]
+      return model_.lm_head(model_.final_norm(h[0]));  // [Bk, V] fp32
+    });
+  }
+  StepOutput out;
+  out.logits = graphs_->run(rows);  // [B, V], valid until the next run of this bucket
+  for (size_t i = 0; i < plan.decode.size(); ++i) {
+    out.first_row.push_back(wants_all_rows(plan.decode[i]) ? static_cast<int64_t>(i) : -1);
+    out.last_row.push_back(static_cast<int64_t>(i));  // a decode token always ends its sequence's tokens
+  }
+  return out;
+}
+
+StepOutput Runner::run(const StepPlan& plan) {
+  if (bucketed_ && plan.prefill.empty() && static_cast<int64_t>(plan.decode.size()) <= max_graph_batch_)
+    return run_decode_bucketed(plan);
+  std::vector<int64_t> ids;
+  const StepBatch batch = build_batch(plan, ids);
+  const at::Device device = model_.options().device();
+  at::Tensor h = forward_logits(at::tensor(ids, at::kLong).to(device), batch);  // [1, N, D]
 
   // Only the rows whose logits someone reads go through the LM head ([N, V] for a long prefill would be huge).
   StepOutput out;

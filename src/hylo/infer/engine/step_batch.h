@@ -31,6 +31,10 @@ struct StepBatch {
   at::Tensor page_table;   // [S, max_pages] int32, row i = seqs[i].pages padded with 0
   at::Tensor lengths;      // [S] int32 cached tokens after this step (start + count)
 
+  // True in a decode step captured into a CUDA graph (cuda_graphs.h): there seqs[i] hold only offset and count,
+  // because start / slot / pages differ on every replay; layers must then read the device tensors alone.
+  bool device_only = false;
+
   bool decode_only() const { return num_decode == static_cast<int64_t>(seqs.size()); }
 };
 
