@@ -83,6 +83,16 @@ std::string read_api_key(const ServeArgs& a) {
 }
 
 int run_serve(const ServeArgs& a) {
+  // Signals go to one watcher thread. Blocked first thing: every thread started later (torch's OpenMP pool at
+  // model load, the engine loop, the HTTP workers) inherits the mask, so none of them can take SIGTERM's
+  // default action and end the process without draining.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a client that left must not end the server
+
   serve::ServerOptions so;
   so.host = a.host;
   so.port = a.port;
@@ -122,14 +132,6 @@ int run_serve(const ServeArgs& a) {
     eo.memory_bytes = int64_t{4} << 30;  // the CPU has no device memory to take a fraction of
   eo.validate();
   engine::Engine engine(*model, eo);
-
-  // Signals go to one watcher thread (blocked everywhere else, including the threads started below).
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);  // a client that left must not end the server
 
   serve::Server server(so, engine, tokenizer.value());
   const int port = server.bind();

@@ -91,12 +91,13 @@ def free_port():
 class Served:
     """A running `hylo serve`; its stderr goes to a file that start() watches for the listening line."""
 
-    def __init__(self, model, tmp, *extra):
+    def __init__(self, model, tmp, *extra, memory="1M", name=MODEL_ID, omp_threads=1):
+        self.model_name = name
         self.log = Path(tmp) / f"serve-{time.monotonic_ns()}.log"
         self.port = free_port()
-        args = [HYLO, "serve", str(model), "--port", str(self.port), "--model-name", MODEL_ID,
-                "--memory-bytes", "1M", "--page-size", "16", *map(str, extra)]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        args = [HYLO, "serve", str(model), "--port", str(self.port), "--model-name", name,
+                "--memory-bytes", memory, "--page-size", "16", *map(str, extra)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(omp_threads))
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
         deadline = time.monotonic() + 120
         while "listening on" not in self.log.read_text():
@@ -496,7 +497,9 @@ def stream_tokens(url, prompt_tokens, n):
 
 
 def test_queue_full_and_graceful_shutdown(model_dir, tmp_path):
-    s = Served(model_dir, tmp_path, "--max-queue", 1)
+    # Two OpenMP threads: torch's pool starts at model load, before the server's threads, and must not take
+    # SIGTERM's default action either.
+    s = Served(model_dir, tmp_path, "--max-queue", 1, omp_threads=2)
     try:
         n = 1500  # long enough (with 20 logprobs a token) that the checks below run while it drains
         sock, got = stream_tokens(s.url, [0, 5, 6], n)
@@ -587,8 +590,19 @@ def test_chat_page_streams_an_answer_in_chromium(server, tmp_path):
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium; scripts/setup.sh installs it)")
-    question = "it was the age of"
-    want = server.client().chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": question}],
+    # HYLO_SERVE_PAGE_MODEL=<model> runs the page against a real model instead (the docs screenshot).
+    page_model = os.environ.get("HYLO_SERVE_PAGE_MODEL")
+    own = Served(page_model, tmp_path, memory="256M", name=Path(page_model).stem.split(".")[0]) if page_model else None
+    try:
+        chat_page_round(own or server, tmp_path, exe,
+                        "What is the capital of France?" if own else "it was the age of")
+    finally:
+        if own:
+            own.stop()
+
+
+def chat_page_round(server, tmp_path, exe, question):
+    want = server.client().chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": question}],
                                                    max_tokens=48, temperature=0).choices[0].message.content
     b = Chromium(exe, tmp_path / "profile")
     try:
