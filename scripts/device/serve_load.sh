@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU load test of `hylo serve`, spending little device time: the hylo binary built HERE (cpu-release preset: the
-# ATen reference path; the venv's torch 2.11.0+cu130 equals the GPU machine's, so --device cuda works), Debian's
-# libcpp-httplib (+ brotli, OpenSSL runtime) and a tokenizer are carried; THERE a random-weight Llama of
+# ATen reference path; the venv's torch 2.11.0+cu130 equals the GPU machine's, so --device cuda works), the Debian
+# libraries it links that the GPU machine lacks (yaml-cpp, cpp-httplib + brotli, OpenSSL) and a tokenizer are carried; THERE a random-weight Llama of
 # SmolLM2-135M's shape (30 layers, width 576, 9/3 heads) with the Llama-3.2 tokenizer is written with torch alone,
 # served on the GPU, and bench/serve_load.py drives it.
 #
@@ -21,7 +21,7 @@ stage() {
   rm -rf "$dst" && mkdir -p "$dst/lib" "$dst/tokenizer"
   cp "$root/build/cpu-release/bin/hylo" "$dst/hylo" && strip "$dst/hylo"
   local l
-  for l in libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1 libssl.so.3 libcrypto.so.3; do
+  for l in libyaml-cpp.so.0.7 libpcre2-8.so.0 libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1 libssl.so.3 libcrypto.so.3; do
     cp -L "$(ldconfig -p | awk -v n="$l" '$1 == n {print $NF; exit}')" "$dst/lib/$l" || return 1
   done
   cp "$HYLO_DATA/tokenizers/llama3_2/tokenizer.json" "$HYLO_DATA/tokenizers/llama3_2/tokenizer_config.json" "$dst/tokenizer/"
@@ -43,6 +43,7 @@ run_there() {
   local i
   for i in $(seq 1 600); do grep -q "listening on" "$out/serve.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
   cat "$out/serve.log"
+  grep -q "listening on" "$out/serve.log" || return 1
   local rc=0
   python3 "$d/serve_load.py" --url http://127.0.0.1:18080 --clients 8 --max-tokens 32 --ignore-eos --check-alone \
     --json "$out/check8.json" || rc=1
