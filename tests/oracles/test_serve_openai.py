@@ -529,6 +529,22 @@ def test_queue_full_and_graceful_shutdown(model_dir, tmp_path):
         s.stop()
 
 
+def test_request_timeout_cancels(model_dir, tmp_path):
+    s = Served(model_dir, tmp_path, "--timeout-s", 0.05)
+    try:
+        long = {"prompt": [0, 5, 6], "max_tokens": 1500, "ignore_eos": True, "logprobs": 20}
+        status, answer = http(s, "POST", "/v1/completions", long, key=None)
+        assert status == 503 and answer["error"]["code"] == "timeout", answer
+        status, text = http(s, "POST", "/v1/completions", dict(long, stream=True), key=None)
+        assert status == 200  # the stream had started; the error comes as its last event
+        events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+        assert metric(s, "hylo_requests_cancelled_total") == 2
+        assert http(s, "GET", "/health", key=None)[0] == 200
+    finally:
+        s.stop()
+
+
 # ---- the chat page in headless Chromium -----------------------------------------------------------------------
 
 class Chromium:

@@ -219,14 +219,13 @@ struct Server::Impl {
     bool timed_out = false;
     StreamChunk last;
     while (true) {
-      auto chunk = handle->next(std::chrono::milliseconds(100));
-      if (!chunk) {
-        if (!timed_out && Clock::now() > deadline) {
-          timed_out = true;
-          async->cancel(handle);
-        }
-        continue;
+      // Checked on every wake-up, not only when idle: a request that keeps producing tokens can run out of time.
+      if (!timed_out && Clock::now() > deadline) {
+        timed_out = true;
+        async->cancel(handle);
       }
+      auto chunk = handle->next(std::chrono::milliseconds(100));
+      if (!chunk) continue;
       if (!chunk->tokens.empty() && first_token < 0) first_token = seconds_since(t0);
       if (p.request.logprobs) logprobs.add(chunk->tokens, static_cast<int64_t>(text.size()));
       text += chunk->text;
@@ -299,14 +298,12 @@ struct Server::Impl {
       s.role_sent = true;
       return write_event(sink, dump_json(stream_chunk(s.prepared.header, "", true, "", nullptr)));
     }
-    auto chunk = s.handle->next(std::chrono::milliseconds(100));
-    if (!chunk) {
-      if (!s.timed_out && Clock::now() > s.deadline) {
-        s.timed_out = true;
-        async->cancel(s.handle);
-      }
-      return sink.is_writable();
+    if (!s.timed_out && Clock::now() > s.deadline) {
+      s.timed_out = true;
+      async->cancel(s.handle);
     }
+    auto chunk = s.handle->next(std::chrono::milliseconds(100));
+    if (!chunk) return sink.is_writable();
     if (!chunk->tokens.empty() && s.first_token < 0) s.first_token = seconds_since(s.t0);
     const bool want_logprobs = s.prepared.request.logprobs && !chunk->tokens.empty();
     if (want_logprobs) s.logprobs.add(chunk->tokens, s.text_length);
