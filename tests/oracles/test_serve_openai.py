@@ -1,7 +1,7 @@
 """`hylo serve` against the official `openai` client, on a tiny random Llama made here with transformers.
 
 Oracles: greedy answers equal `hylo generate --greedy` (a different code path: one sequence, no engine) for chat
-and text prompts; logprobs equal transformers' log_softmax of the same model; prompt token counts equal
+and text prompts, on the Llama and on an MLA + Gated DeltaNet hybrid upcycled from it (with prefix reuse on); logprobs equal transformers' log_softmax of the same model; prompt token counts equal
 transformers' chat template + tokenizer. Load: 32 concurrent streaming clients each get exactly the answer its
 request gets alone (nothing lost, truncated or mixed up), with p50/p99 latency and throughput printed (and
 written to $HYLO_SERVE_BENCH_OUT when set). Every bad request class gets its status and an OpenAI error body
@@ -156,10 +156,11 @@ def metric(server, name):
 def generate_alone(model_dir, *args):
     """`hylo generate --greedy`: the single-sequence path, no engine, no server."""
     r = subprocess.run([HYLO, "generate", str(model_dir), "--greedy", "--no-stream", *map(str, args)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.endswith("\n")
-    return r.stdout[:-1]
+                       capture_output=True)  # bytes: text mode would turn a generated "\r" into "\n"
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    out = r.stdout.decode("utf-8")
+    assert out.endswith("\n")
+    return out[:-1]
 
 
 def hf_tokenizer(model_dir):
@@ -314,6 +315,62 @@ def test_concurrent_streams_each_get_their_own_answer(server):
     if os.environ.get("HYLO_SERVE_BENCH_OUT"):
         Path(os.environ["HYLO_SERVE_BENCH_OUT"]).write_text(json.dumps(report, indent=1))
     assert metric(server, "hylo_requests_in_flight") == 0
+
+
+# ---- a hybrid (MLA + Gated DeltaNet, upcycled from the tiny Llama) ------------------------------------------------
+
+HYBRID_PLAN = """name: serve-tiny-hybrid
+teacher: {num_layers: 2, hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 16}
+mla_layers: [1]
+linear: gdn
+mla: {q_lora_rank: 40, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 8, v_head_dim: 16, num_kv_groups: 2}
+gdn: {num_heads: 2, head_k_dim: 16, head_v_dim: 32}
+"""
+
+
+def test_hybrid_with_prefix_reuse(model_dir, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(HYBRID_PLAN)
+    hybrid = tmp_path / "hybrid"
+    r = subprocess.run([HYLO, "upcycle", model_dir, "--plan", plan, "--out", hybrid, "--calibration-tokens", "0",
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = Served(hybrid, tmp_path, "--prefix-snapshots", 16, "--max-sequences", 20, memory="4M")
+    try:
+        c = s.client()
+        card = c.models.list().data[0].model_dump()
+        assert card["hylo"]["layers"] == {"gdn": 1, "mla": 1} and card["hylo"]["hybrid"]
+        # A system prompt longer than a page (16 tokens), shared by every request: prefix reuse restores the GDN
+        # state snapshotted at its page boundary.
+        system = {"role": "system", "content": "It was the best of times, it was the worst of times, it was the age "
+                                               "of wisdom, it was the age of foolishness."}
+        questions = [f"{w} was the season of" for w in CORPUS.split()[:16]]
+        first = c.chat.completions.create(model=MODEL_ID, messages=[system, {"role": "user", "content": questions[0]}],
+                                          max_tokens=24, temperature=0)
+        want = generate_alone(hybrid, "--chat", "--system", system["content"], "--prompt", questions[0],
+                              "--max-new-tokens", 24)
+        assert first.choices[0].message.content == want
+        again = c.chat.completions.create(model=MODEL_ID, messages=[system, {"role": "user", "content": questions[0]}],
+                                          max_tokens=24, temperature=0)
+        assert again.choices[0].message.content == want
+        assert again.usage.prompt_tokens_details.cached_tokens >= 16
+        alone = [generate_alone(hybrid, "--chat", "--system", system["content"], "--prompt", q, "--max-new-tokens", 24)
+                 for q in questions[:4]]
+
+        def one(q):
+            parts = c.chat.completions.create(model=MODEL_ID, messages=[system, {"role": "user", "content": q}],
+                                              max_tokens=24, temperature=0, stream=True)
+            return "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
+
+        with ThreadPoolExecutor(len(questions)) as pool:
+            got = list(pool.map(one, questions))
+        assert got[:4] == alone
+        assert got[0] == want
+        # Requests admitted in the same step as the first one to compute the prefix miss it; later ones hit.
+        assert metric(s, "hylo_prefix_hits_total") >= 2 and metric(s, "hylo_prefix_hit_rate") > 0
+        assert metric(s, "hylo_state_slots_total") > 0 and metric(s, "hylo_requests_in_flight") == 0
+    finally:
+        s.stop()
 
 
 # ---- bad requests -------------------------------------------------------------------------------------------
