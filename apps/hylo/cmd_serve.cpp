@@ -147,6 +147,8 @@ int run_serve(const ServeArgs& a) {
   std::fprintf(stderr, "hylo serve: listening on http://%s:%d\n", so.host.c_str(), port);
   std::fflush(stderr);
   server.run();
+  // The listener also ends without a signal when it fails; wake the watcher then (a no-op after a signal).
+  pthread_kill(watcher.native_handle(), SIGTERM);
   watcher.join();
   std::fprintf(stderr, "hylo serve: stopped\n");
   return 0;
