@@ -3,7 +3,9 @@
 // student/teacher pair of given shapes with random weights, and the peak memory of the KL alone, logit-free
 // versus the naive full-logit form (the baseline, measured in the same run).
 //
-//   train_step --pair smollm2|llama1b-8b --seq T [--steps N] [--device cuda] [--kl-only] [--plan PLAN.yaml]
+//   train_step --pair smollm2|llama1b-8b --seq T [--steps N] [--device cuda] [--kl-only] [--plan PLAN.yaml] [--phases]
+// --phases: before the measured steps, one KD forward/backward written out phase by phase (a mirror of
+// train::kd_forward_backward) printing the allocator's peak per phase, to show what dominates the step's peak.
 // smollm2:    student SmolLM2-135M -> 6MLA24GDN (recipes/plans/smollm2-135m-6mla24gdn.yaml), teacher SmolLM2-135M.
 // llama1b-8b: student Llama-3.2-1B -> 4MLA12GDN (recipes/plans/llama3.2-1b-4mla12gdn.yaml), teacher Llama-3.1-8B.
 // Weights are random (CausalLM::random): the figures depend on shapes only. Prints one table row per measurement.
@@ -23,7 +25,10 @@
 #include "hylo/config/layer_plan.h"
 #include "hylo/model/causal_lm.h"
 #include "hylo/ops/tensor_util.h"
+#include "hylo/train/activation_checkpoint.h"
 #include "hylo/train/adamw.h"
+#include "hylo/train/losses.h"
+#include "hylo/train/precision.h"
 #include "hylo/train/kl_from_hidden.h"
 #include "hylo/train/trainer.h"
 
@@ -70,7 +75,7 @@ double gib(double b) { return b / (1024.0 * 1024.0 * 1024.0); }
 int main(int argc, char** argv) {
   std::string pair = "smollm2", device = "cuda", plan_path;
   int64_t seq = 2048, steps = 3;
-  bool kl_only = false, ild = false;
+  bool kl_only = false, ild = false, phases = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -87,11 +92,13 @@ int main(int argc, char** argv) {
     else if (a == "--plan") plan_path = next();
     else if (a == "--kl-only") kl_only = true;
     else if (a == "--ild") ild = true;  // an ILD step (student and teacher of the backbone's shape per layer)
+    else if (a == "--phases") phases = true;  // per-phase peak memory of one KD step (diagnostic)
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
     }
   }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a pipe as they are printed (a killed run keeps them)
   const at::Device dev = parse_device(device);
   const std::string src = HYLO_SOURCE_DIR;
   ModelConfig teacher_cfg, backbone;
@@ -173,8 +180,43 @@ int main(int argc, char** argv) {
   sync(dev);
   const double weights_gib = gib(peak_bytes(dev));
   reset_peak(dev);
+  if (phases && !ild) {
+    // kd_forward_backward phase by phase (same calls, same order), the allocator peak of each phase (reset between phases).
+    const at::Tensor ids = b.ids.to(dev), pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(dev));
+    auto phase = [&](const char* what) {
+      sync(dev);
+      std::printf("phase %-34s peak %.2f GiB\n", what, gib(peak_bytes(dev)));
+      reset_peak(dev);
+    };
+    phase("setup (weights; AdamW state if allocated)");
+    at::Tensor loss;
+    {
+      train::AutocastScope autocast(dev.type(), st.precision);
+      at::Tensor h = student->embed(ids);
+      if (!h.requires_grad()) h = h.detach().requires_grad_(true);
+      for (int64_t i = 0; i < student->num_blocks(); ++i)
+        h = train::checkpointed_block([&student, i, pos](const at::Tensor& x) { return student->forward_block(i, x, pos).hidden; }, h);
+      at::Tensor h_s = student->final_norm(h);
+      phase("student forward (checkpointed)");
+      at::Tensor h_t;
+      {
+        c10::NoGradGuard no_grad;
+        h_t = teacher->forward_hidden(ids);
+      }
+      phase("teacher forward (no autograd)");
+      loss = train::kd_loss(h_s, student->head_weight(), h_t, teacher->head_weight(), ids, b.loss_mask, norm,
+                            st.kd);
+      phase("logit-free KL forward");
+    }
+    loss.backward();
+    phase("backward (block recompute + grads)");
+    opt.zero_grad();
+    reset_peak(dev);
+  }
+  // Step 0 warms up (allocator, cuBLAS handles) unless the --phases pass already did.
+  const int64_t warmups = phases && !ild ? 0 : 1;
   double total_secs = 0;
-  for (int64_t s = 0; s < steps + 1; ++s) {
+  for (int64_t s = 0; s < steps + warmups; ++s) {
     sync(dev);
     auto t0 = std::chrono::steady_clock::now();
     if (ild) train::ild_forward_backward(*student, *teacher, b, norm, st, true);
@@ -184,7 +226,7 @@ int main(int argc, char** argv) {
     opt.zero_grad();
     sync(dev);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (s > 0) total_secs += secs;  // step 0 warms up (allocator, cuBLAS handles)
+    if (s >= warmups) total_secs += secs;
     std::printf("step %lld: %.3f s\n", static_cast<long long>(s), secs);
   }
   std::printf("| pair | T | student params | tokens/s | peak GiB (whole step) | weights+state GiB before |\n");

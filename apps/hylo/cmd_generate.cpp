@@ -2,6 +2,9 @@
 //                     [--messages FILE.json] [--max-new-tokens N] [--greedy] [--temperature T] [--top-k K]
 //                     [--top-p P] [--min-p M] [--repetition-penalty R] [--seed S] [--stop STR ...]
 //                     [--dtype fp32|bf16] [--device cpu|cuda] [--print-ids] [--no-stream] [--ignore-eos]
+//                     [engine flags (engine_args.h)] [--reference]
+// Runs on the inference engine (src/hylo/infer/engine); --reference runs the single-sequence reference loop instead
+// (src/hylo/infer/generate.h), which gives the same greedy ids.
 // Streams the generated text to stdout and ends with one stats line on stderr ("prefill N tok at X tok/s,
 // decode M tok at Y tok/s, ..."). --print-ids prints the generated ids on one line instead of the text.
 // --chat renders [system,] user (or the messages file) with the tokenizer's chat template and the
@@ -15,7 +18,10 @@
 
 #include "args.h"
 #include "command.h"
+#include "engine_args.h"
+#include "sampling_args.h"
 #include "hylo/core/file_util.h"
+#include "hylo/infer/engine_generate.h"
 #include "hylo/infer/generate.h"
 #include "hylo/io/tokenizer/tokenizer.h"
 #include "hylo/ops/tensor_util.h"
@@ -28,19 +34,15 @@ struct GenerateArgs {
   std::string prompt, prompt_file, prompt_ids, system, messages_file;
   bool chat = false;
   int64_t max_new_tokens = 256;
-  bool greedy = false;
-  double temperature = 0.7;
-  int64_t top_k = 0;
-  double top_p = 0.9;
-  double min_p = 0.0;
-  double repetition_penalty = 1.0;
-  uint64_t seed = 0;
+  SamplingArgs sampling;
   std::vector<std::string> stop;
   std::string dtype = "fp32";
   std::string device = "cpu";
   bool print_ids = false;
   bool no_stream = false;
   bool ignore_eos = false;
+  bool reference = false;
+  EngineArgs engine;
 };
 
 std::string read_file_or_throw(const std::string& path, const char* what) {
@@ -80,13 +82,7 @@ int run_generate(const GenerateArgs& a) {
     if (s.empty()) throw Error("generate: --stop needs a non-empty string");
 
   GenerateOptions opts;
-  opts.sampling.temperature = a.greedy ? 0.0 : a.temperature;
-  opts.sampling.top_k = a.top_k;
-  opts.sampling.top_p = a.top_p;
-  opts.sampling.min_p = a.min_p;
-  opts.sampling.repetition_penalty = a.repetition_penalty;
-  opts.sampling.seed = a.seed;
-  opts.sampling.validate();
+  opts.sampling = a.sampling.params();
   if (a.max_new_tokens < 0) throw Error("generate: --max-new-tokens must be >= 0, got " + std::to_string(a.max_new_tokens));
   opts.max_new_tokens = a.max_new_tokens;
   opts.stop_strings = a.stop;
@@ -149,7 +145,19 @@ int run_generate(const GenerateArgs& a) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
     };
-  const GenerateResult r = generate(*model, tokenizer ? &*tokenizer : nullptr, prompt, opts, on_text);
+  GenerateResult r;
+  std::string path = "reference path";
+  if (a.reference) {
+    r = generate(*model, tokenizer ? &*tokenizer : nullptr, prompt, opts, on_text);
+  } else {
+    const int64_t tokens = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(a.max_new_tokens, 1);
+    engine::Engine eng(*model, engine_options(a.engine, *model, /*default_sequences=*/1, /*default_snapshots=*/0,
+                                              tokens));
+    EngineGenerateResult er = generate(eng, tokenizer ? &*tokenizer : nullptr, prompt, opts, on_text);
+    r = std::move(er.generation);
+    path = "engine, page " + std::to_string(eng.options().page_size) + ", " +
+           std::to_string(er.cached_prompt_tokens) + " prompt tokens cached";
+  }
 
   if (a.print_ids) {
     for (size_t i = 0; i < r.ids.size(); ++i) std::printf(i ? " %lld" : "%lld", static_cast<long long>(r.ids[i]));
@@ -161,11 +169,11 @@ int run_generate(const GenerateArgs& a) {
   std::fflush(stdout);
   std::fprintf(stderr,
                "prefill %lld tok at %.1f tok/s, decode %lld tok at %.1f tok/s (time to first token %.1f ms, "
-               "stop: %s, %s, %s on %s, load %.2f s)\n",
+               "stop: %s, %s, %s on %s, load %.2f s, %s)\n",
                static_cast<long long>(r.prompt_tokens), r.prefill_tokens_per_second(),
                static_cast<long long>(r.decode_steps), r.decode_tokens_per_second(), r.prefill_seconds * 1e3,
                stop_reason_name(r.stop_reason), opts.sampling.describe().c_str(), a.dtype.c_str(),
-               a.device.c_str(), load_seconds);
+               a.device.c_str(), load_seconds, path.c_str());
   return 0;
 }
 
@@ -179,20 +187,15 @@ CommandRun setup_generate(CLI::App& app) {
   app.add_option("--system", a->system, "system message for --chat");
   app.add_option("--messages", a->messages_file, "JSON file: [{\"role\": ..., \"content\": ...}, ...] (implies --chat)");
   app.add_option("--max-new-tokens", a->max_new_tokens, "most tokens to generate")->capture_default_str();
-  app.add_flag("--greedy", a->greedy, "argmax decoding (same as --temperature 0)");
-  app.add_option("--temperature", a->temperature, "softmax temperature; 0 = greedy")->capture_default_str();
-  app.add_option("--top-k", a->top_k, "keep the k most likely tokens; 0 = off")->capture_default_str();
-  app.add_option("--top-p", a->top_p, "nucleus sampling mass; 1 = off")->capture_default_str();
-  app.add_option("--min-p", a->min_p, "drop tokens below min_p x the top probability; 0 = off")->capture_default_str();
-  app.add_option("--repetition-penalty", a->repetition_penalty, "HF repetition penalty; 1 = off")
-      ->capture_default_str();
-  app.add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+  add_sampling_options(app, a->sampling);
   app.add_option("--stop", a->stop, "stop when this text appears (not printed); repeatable");
   app.add_option("--dtype", a->dtype, "fp32 or bf16")->capture_default_str();
   app.add_option("--device", a->device, "cpu or cuda[:N]")->capture_default_str();
   app.add_flag("--print-ids", a->print_ids, "print the generated ids on one line instead of the text");
   app.add_flag("--no-stream", a->no_stream, "print the text at the end instead of streaming it");
   app.add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence ids (fixed-length runs, benchmarks)");
+  app.add_flag("--reference", a->reference, "run the single-sequence reference loop instead of the engine");
+  add_engine_options(app, a->engine);
   return [a] { return run_generate(*a); };
 }
 

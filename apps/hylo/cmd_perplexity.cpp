@@ -1,19 +1,25 @@
 // hylo perplexity MODEL TEXTFILE [--context N] [--json] [--per-token] [--dtype fp32|bf16] [--device cpu|cuda]
+//                 [engine flags (engine_args.h)] [--reference]
+// Runs on the inference engine: every window is one request with prompt log-probabilities, all queued at once
+// (src/hylo/eval/perplexity_engine.h); --reference runs the windows one by one as full forwards instead.
 // Tokenizes the whole file with the model's tokenizer (special tokens as the tokenizer adds them, e.g. BOS),
 // cuts the ids into non-overlapping windows of N tokens, and scores every token of each window except the
 // window's first (definition in src/hylo/eval/perplexity.h). JSON fields: model, file, context, tokens
 // (ids in the file), predicted (tokens scored), windows, nll_sum, nll_mean (nats), perplexity, and with
 // --per-token `nll`: the NLL of every predicted token in order.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "engine_args.h"
 #include "hylo/core/file_util.h"
 #include "hylo/core/progress.h"
 #include "hylo/core/result.h"
 #include "hylo/eval/perplexity.h"
+#include "hylo/eval/perplexity_engine.h"
 #include "hylo/io/tokenizer/tokenizer.h"
 #include "hylo/model/causal_lm.h"
 #include "hylo/ops/tensor_util.h"
@@ -26,6 +32,8 @@ struct PerplexityArgs {
   int64_t context = 2048;
   bool json = false, per_token = false;
   std::string dtype = "fp32", device = "cpu";
+  bool reference = false;
+  EngineArgs engine;
 };
 
 int run_perplexity(const PerplexityArgs& a) {
@@ -44,8 +52,19 @@ int run_perplexity(const PerplexityArgs& a) {
                   std::to_string(model->config().vocab_size) + ")");
   const int64_t windows = (static_cast<int64_t>(ids.size()) + a.context - 1) / a.context;
   ProgressBar bar("perplexity", windows, "win");
-  eval::PerplexityResult r =
-      eval::perplexity(*model, ids, a.context, a.per_token, [&](int64_t done, int64_t) { bar.set(done); });
+  eval::PerplexityOptions po;
+  po.context = a.context;
+  po.per_token = a.per_token;
+  const auto progress = [&](int64_t done, int64_t) { bar.set(done); };
+  eval::PerplexityResult r;
+  if (a.reference) {
+    r = eval::perplexity(*model, ids, po, progress);
+  } else {
+    const int64_t window = std::min<int64_t>(a.context, static_cast<int64_t>(ids.size()));
+    engine::Engine eng(*model, engine_options(a.engine, *model, /*default_sequences=*/std::clamp<int64_t>(windows, 1, 8),
+                                              /*default_snapshots=*/0, window));
+    r = eval::perplexity(eng, ids, po, progress);
+  }
   bar.finish();
   if (a.json) {
     nlohmann::json j;
@@ -81,6 +100,8 @@ CommandRun setup(CLI::App& app) {
   app.add_flag("--per-token", a->per_token, "also report the NLL of every predicted token");
   app.add_option("--dtype", a->dtype, "model dtype: fp32 or bf16")->capture_default_str();
   app.add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  app.add_flag("--reference", a->reference, "score the windows one by one with full forwards instead of the engine");
+  add_engine_options(app, a->engine);
   return [a] { return run_perplexity(*a); };
 }
 

@@ -16,68 +16,90 @@ int64_t perplexity_windows(int64_t tokens, int64_t context, int64_t stride) {
   return 1 + (tokens - context + stride - 1) / stride;
 }
 
-PerplexityResult perplexity(CausalLM& model, const std::vector<int64_t>& ids, const PerplexityOptions& o,
-                            const std::function<void(int64_t, int64_t)>& on_window) {
+std::vector<PerplexityWindow> plan_perplexity_windows(int64_t tokens, const PerplexityOptions& o) {
   if (o.context < 2) throw Error("perplexity: --context must be >= 2 (a window of N tokens predicts N-1)");
   if (o.stride < 0 || o.stride > o.context)
     throw Error("perplexity: --stride must be in [1, context] (or 0 for non-overlapping windows), got " +
                 std::to_string(o.stride));
-  if (ids.size() < 2) throw Error("perplexity: the text has " + std::to_string(ids.size()) + " token(s); need >= 2");
-  if (o.token_bytes && o.token_bytes->size() != ids.size())
+  if (tokens < 2) throw Error("perplexity: the text has " + std::to_string(tokens) + " token(s); need >= 2");
+  if (o.token_bytes && static_cast<int64_t>(o.token_bytes->size()) != tokens)
     throw Error("perplexity: token_bytes has " + std::to_string(o.token_bytes->size()) + " entries for " +
-                std::to_string(ids.size()) + " ids");
-  c10::InferenceMode inference_mode;
-  PerplexityResult r;
-  r.tokens = static_cast<int64_t>(ids.size());
-  const int64_t total_windows = perplexity_windows(r.tokens, o.context, o.stride);
+                std::to_string(tokens) + " ids");
+  std::vector<PerplexityWindow> windows;
+  int64_t scored_end = 0;  // text positions < scored_end are already predicted (or are position 0)
+  for (int64_t start = 0; start < tokens;) {
+    PerplexityWindow w;
+    w.start = start;
+    w.len = std::min(o.context, tokens - start);
+    w.first = std::min(w.len, std::max<int64_t>(1, scored_end - start));
+    windows.push_back(w);
+    scored_end = start + w.len;
+    if (start + w.len >= tokens) break;
+    start += o.stride > 0 ? o.stride : o.context;
+  }
+  return windows;
+}
+
+PerplexityAccumulator::PerplexityAccumulator(const PerplexityOptions& o, int64_t tokens) : o_(o) {
+  r_.tokens = tokens;
   if (o.bucket > 0) {
     const int64_t nb = (o.context - 1) / o.bucket + 1;
-    r.bucket_nll_sum.assign(static_cast<size_t>(nb), 0.0);
-    r.bucket_count.assign(static_cast<size_t>(nb), 0);
+    r_.bucket_nll_sum.assign(static_cast<size_t>(nb), 0.0);
+    r_.bucket_count.assign(static_cast<size_t>(nb), 0);
   }
+}
+
+void PerplexityAccumulator::add(const PerplexityWindow& w, int64_t offset, const double* nll, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t pos = w.first + offset + i;  // position within the window
+    r_.nll_sum += nll[i];
+    if (o_.per_token) r_.nll.push_back(nll[i]);
+    if (o_.bucket > 0) {
+      r_.bucket_nll_sum[static_cast<size_t>(pos / o_.bucket)] += nll[i];
+      ++r_.bucket_count[static_cast<size_t>(pos / o_.bucket)];
+    }
+    if (o_.token_bytes) r_.bytes += (*o_.token_bytes)[static_cast<size_t>(w.start + pos)];
+  }
+  r_.predicted += n;
+}
+
+PerplexityResult PerplexityAccumulator::finish() {
+  r_.nll_mean = r_.nll_sum / static_cast<double>(r_.predicted);
+  r_.perplexity = std::exp(r_.nll_mean);
+  if (o_.token_bytes && r_.bytes > 0)
+    r_.bits_per_byte = r_.nll_sum / std::numbers::ln2 / static_cast<double>(r_.bytes);
+  return std::move(r_);
+}
+
+PerplexityResult perplexity(CausalLM& model, const std::vector<int64_t>& ids, const PerplexityOptions& o,
+                            const std::function<void(int64_t, int64_t)>& on_window) {
+  const std::vector<PerplexityWindow> windows = plan_perplexity_windows(static_cast<int64_t>(ids.size()), o);
+  c10::InferenceMode inference_mode;
+  PerplexityAccumulator acc(o, static_cast<int64_t>(ids.size()));
+  const int64_t total_windows = static_cast<int64_t>(windows.size());
   // The LM head runs over slices of positions so that [N, V] fp32 logits never exist at once.
   constexpr int64_t kHeadChunk = 256;
   const auto device = model.options().device();
-  int64_t scored_end = 0;  // text positions < scored_end are already predicted (or are position 0)
-  for (int64_t start = 0; start < r.tokens;) {
-    const int64_t len = std::min(o.context, r.tokens - start);
-    const int64_t first = std::max<int64_t>(1, scored_end - start);  // first window index to predict
-    ++r.windows;
-    if (len - first >= 1) {
-      std::vector<int64_t> window(ids.begin() + start, ids.begin() + start + len);
+  for (const PerplexityWindow& w : windows) {
+    if (w.len - w.first >= 1) {
+      std::vector<int64_t> window(ids.begin() + w.start, ids.begin() + w.start + w.len);
       at::Tensor input = at::tensor(window, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);  // [1, L]
       at::Tensor hidden = model.forward_hidden(input);                                          // [1, L, D]
       at::Tensor targets = input.squeeze(0).to(device);                                         // [L]
-      for (int64_t a = first; a < len; a += kHeadChunk) {
-        const int64_t n = std::min(kHeadChunk, len - a);
+      for (int64_t a = w.first; a < w.len; a += kHeadChunk) {
+        const int64_t n = std::min(kHeadChunk, w.len - a);
         // Hidden state at window position a-1 predicts the token at position a.
         at::Tensor logits = model.lm_head(hidden.select(0, 0).narrow(0, a - 1, n));          // [n, V] fp32
         at::Tensor logp = at::log_softmax(logits, -1);                                       // [n, V]
         at::Tensor nll = -logp.gather(1, targets.narrow(0, a, n).unsqueeze(1)).squeeze(1);   // [n]
         at::Tensor nll64 = nll.to(at::kCPU, at::kDouble).contiguous();
-        const double* p = nll64.data_ptr<double>();
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t pos = a + i;  // position within the window
-          r.nll_sum += p[i];
-          if (o.per_token) r.nll.push_back(p[i]);
-          if (o.bucket > 0) {
-            r.bucket_nll_sum[static_cast<size_t>(pos / o.bucket)] += p[i];
-            ++r.bucket_count[static_cast<size_t>(pos / o.bucket)];
-          }
-          if (o.token_bytes) r.bytes += (*o.token_bytes)[static_cast<size_t>(start + pos)];
-        }
-        r.predicted += n;
+        acc.add(w, a - w.first, nll64.data_ptr<double>(), n);
       }
     }
-    scored_end = start + len;
-    if (on_window) on_window(r.windows, total_windows);
-    if (start + len >= r.tokens) break;
-    start += o.stride > 0 ? o.stride : o.context;
+    acc.end_window();
+    if (on_window) on_window(acc.windows(), total_windows);
   }
-  r.nll_mean = r.nll_sum / static_cast<double>(r.predicted);
-  r.perplexity = std::exp(r.nll_mean);
-  if (o.token_bytes && r.bytes > 0) r.bits_per_byte = r.nll_sum / std::numbers::ln2 / static_cast<double>(r.bytes);
-  return r;
+  return acc.finish();
 }
 
 PerplexityResult perplexity(CausalLM& model, const std::vector<int64_t>& ids, int64_t context, bool per_token,

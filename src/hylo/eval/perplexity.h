@@ -49,6 +49,30 @@ struct PerplexityResult {
   std::vector<int64_t> bucket_count;
 };
 
+// One window of the evaluation: ids[start, start + len), predicting window positions [first, len) (first >= 1;
+// first == len: nothing left to predict in it).
+struct PerplexityWindow {
+  int64_t start = 0, len = 0, first = 1;
+};
+// The windows in order, after checking the options (errors name --context / --stride) and the ids.
+std::vector<PerplexityWindow> plan_perplexity_windows(int64_t tokens, const PerplexityOptions& options);
+
+// Sums window NLLs into a PerplexityResult (per-token list, position buckets, bytes) in the order they are added.
+// Both the reference loop below and the engine's (perplexity_engine.h) use it.
+class PerplexityAccumulator {
+ public:
+  PerplexityAccumulator(const PerplexityOptions& options, int64_t tokens);
+  // nll[i] is the NLL of window position w.first + offset + i, for i in [0, n).
+  void add(const PerplexityWindow& w, int64_t offset, const double* nll, int64_t n);
+  void end_window() { ++r_.windows; }
+  int64_t windows() const { return r_.windows; }
+  PerplexityResult finish();  // nll_mean, perplexity, bits_per_byte
+
+ private:
+  const PerplexityOptions& o_;
+  PerplexityResult r_;
+};
+
 // on_window(done, total) is called after each window (progress display).
 PerplexityResult perplexity(CausalLM& model, const std::vector<int64_t>& ids, const PerplexityOptions& options,
                             const std::function<void(int64_t, int64_t)>& on_window = {});

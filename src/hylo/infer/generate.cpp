@@ -73,6 +73,59 @@ std::string StopStringFilter::flush() {
   return out;
 }
 
+// ---- input checks, stop ids and streamed text ---------------------------------------------------------------
+
+void check_generate_input(const ModelConfig& config, const tok::Tokenizer* tokenizer, std::span<const int64_t> prompt,
+                          const GenerateOptions& options) {
+  if (prompt.empty()) throw Error("generate: the prompt has no tokens (give a prompt, or ids including BOS)");
+  if (options.max_new_tokens < 0)
+    throw Error("generate: max_new_tokens must be >= 0, got " + std::to_string(options.max_new_tokens));
+  if (!options.stop_strings.empty() && tokenizer == nullptr)
+    throw Error("generate: stop strings need a tokenizer to decode text, and this model has none");
+  const int64_t vocab = config.vocab_size;
+  for (int64_t id : prompt)
+    if (id < 0 || id >= vocab)
+      throw Error("generate: prompt id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                  std::to_string(vocab) + ")");
+}
+
+std::vector<int64_t> generation_stop_ids(const ModelConfig& config, const tok::Tokenizer* tokenizer,
+                                         const GenerateOptions& options) {
+  std::set<int64_t> eos(options.extra_eos_ids.begin(), options.extra_eos_ids.end());
+  if (options.use_default_eos) {
+    eos.insert(config.eos_token_ids.begin(), config.eos_token_ids.end());
+    if (tokenizer != nullptr)
+      for (int32_t id : tokenizer->eos_ids()) eos.insert(id);
+  }
+  return {eos.begin(), eos.end()};
+}
+
+GeneratedText::GeneratedText(const tok::Tokenizer* tokenizer, const GenerateOptions& options, std::string& text,
+                             const TextCallback& on_text)
+    : stop_filter_(options.stop_strings), text_(text), on_text_(on_text) {
+  if (tokenizer != nullptr) decoder_.emplace(*tokenizer, options.skip_special_tokens);
+}
+
+void GeneratedText::emit(const std::string& piece) {
+  if (piece.empty()) return;
+  text_ += piece;
+  if (on_text_) on_text_(piece);
+}
+
+bool GeneratedText::push(int64_t id) {
+  if (!decoder_ || stop_filter_.stopped()) return stop_filter_.stopped();
+  emit(stop_filter_.push(decoder_->push(static_cast<int32_t>(id))));
+  return stop_filter_.stopped();
+}
+
+bool GeneratedText::finish() {
+  if (!decoder_ || stop_filter_.stopped()) return false;
+  emit(stop_filter_.push(decoder_->flush()));
+  if (stop_filter_.stopped()) return true;
+  emit(stop_filter_.flush());
+  return false;
+}
+
 // ---- generate ---------------------------------------------------------------------------------------------
 
 namespace {
@@ -84,23 +137,9 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 GenerateResult generate(CausalLM& model, const tok::Tokenizer* tokenizer, std::span<const int64_t> prompt,
                         const GenerateOptions& options, const TextCallback& on_text) {
-  if (prompt.empty()) throw Error("generate: the prompt has no tokens (give a prompt, or ids including BOS)");
-  if (options.max_new_tokens < 0)
-    throw Error("generate: max_new_tokens must be >= 0, got " + std::to_string(options.max_new_tokens));
-  if (!options.stop_strings.empty() && tokenizer == nullptr)
-    throw Error("generate: stop strings need a tokenizer to decode text, and this model has none");
-  const int64_t vocab = model.config().vocab_size;
-  for (int64_t id : prompt)
-    if (id < 0 || id >= vocab)
-      throw Error("generate: prompt id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                  std::to_string(vocab) + ")");
-
-  std::set<int64_t> eos(options.extra_eos_ids.begin(), options.extra_eos_ids.end());
-  if (options.use_default_eos) {
-    eos.insert(model.config().eos_token_ids.begin(), model.config().eos_token_ids.end());
-    if (tokenizer != nullptr)
-      for (int32_t id : tokenizer->eos_ids()) eos.insert(id);
-  }
+  check_generate_input(model.config(), tokenizer, prompt, options);
+  const std::vector<int64_t> stop_ids = generation_stop_ids(model.config(), tokenizer, options);
+  const std::set<int64_t> eos(stop_ids.begin(), stop_ids.end());
 
   GenerateResult result;
   result.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -108,14 +147,7 @@ GenerateResult generate(CausalLM& model, const tok::Tokenizer* tokenizer, std::s
 
   c10::InferenceMode inference_mode;
   Sampler sampler(options.sampling);
-  std::optional<tok::StreamDecoder> decoder;
-  if (tokenizer != nullptr) decoder.emplace(*tokenizer, options.skip_special_tokens);
-  StopStringFilter stop_filter(options.stop_strings);
-  auto emit = [&](const std::string& text) {
-    if (text.empty()) return;
-    result.text += text;
-    if (on_text) on_text(text);
-  };
+  GeneratedText text(tokenizer, options, result.text, on_text);
 
   const auto long_options = at::TensorOptions().dtype(at::kLong).device(model.options().device());
   std::vector<int64_t> history(prompt.begin(), prompt.end());
@@ -138,12 +170,9 @@ GenerateResult generate(CausalLM& model, const tok::Tokenizer* tokenizer, std::s
       result.stop_reason = StopReason::kEos;
       break;
     }
-    if (decoder) {
-      emit(stop_filter.push(decoder->push(static_cast<int32_t>(next))));
-      if (stop_filter.stopped()) {
-        result.stop_reason = StopReason::kStopString;
-        break;
-      }
+    if (text.push(next)) {
+      result.stop_reason = StopReason::kStopString;
+      break;
     }
     if (static_cast<int64_t>(result.ids.size()) >= options.max_new_tokens) {
       result.stop_reason = StopReason::kLength;
@@ -154,13 +183,7 @@ GenerateResult generate(CausalLM& model, const tok::Tokenizer* tokenizer, std::s
     next = sampler.next(logits.select(1, 0), history);
     ++result.decode_steps;
   }
-  if (decoder && !stop_filter.stopped()) {
-    emit(stop_filter.push(decoder->flush()));
-    if (stop_filter.stopped())
-      result.stop_reason = StopReason::kStopString;
-    else
-      emit(stop_filter.flush());
-  }
+  if (text.finish()) result.stop_reason = StopReason::kStopString;
   result.decode_seconds = seconds_since(t_decode);
   return result;
 }

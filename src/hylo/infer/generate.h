@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -61,6 +62,37 @@ class StopStringFilter {
   std::vector<std::string> stops_;
   std::string held_;
   bool stopped_ = false;
+};
+
+// Throws hylo::Error for an empty prompt, an id outside the vocabulary, max_new_tokens < 0, or stop strings without
+// a tokenizer (both generation loops check the same way).
+void check_generate_input(const ModelConfig& config, const tok::Tokenizer* tokenizer, std::span<const int64_t> prompt,
+                          const GenerateOptions& options);
+
+// The ids that end generation: options.extra_eos_ids, plus (use_default_eos) the config's eos_token_ids and the
+// tokenizer's eos_ids() when there is a tokenizer.
+std::vector<int64_t> generation_stop_ids(const ModelConfig& config, const tok::Tokenizer* tokenizer,
+                                         const GenerateOptions& options);
+
+// Generated ids -> streamed text: complete UTF-8 pieces (tok::StreamDecoder), held back and cut at stop strings
+// (StopStringFilter); each released piece is appended to `text` and passed to on_text. Without a tokenizer it
+// produces no text. Both generation loops (the reference below and the engine's, engine_generate.h) use it.
+class GeneratedText {
+ public:
+  GeneratedText(const tok::Tokenizer* tokenizer, const GenerateOptions& options, std::string& text,
+                const TextCallback& on_text);
+  // Feeds one generated id; returns true once a stop string is complete (generation should end).
+  bool push(int64_t id);
+  // At the end of generation: releases what is still held; returns true when that completes a stop string.
+  bool finish();
+  bool stopped() const { return stop_filter_.stopped(); }
+
+ private:
+  void emit(const std::string& piece);
+  std::optional<tok::StreamDecoder> decoder_;
+  StopStringFilter stop_filter_;
+  std::string& text_;
+  TextCallback on_text_;
 };
 
 // prompt: token ids (with BOS / chat template already applied). tokenizer may be null when no text is

@@ -1,9 +1,11 @@
 #include "hylo/ops/attention.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/fused_attention.h"
 #include "hylo/ops/tensor_util.h"
 
 namespace hylo::ops {
@@ -53,18 +55,16 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
                             int64_t q_offset, std::optional<int64_t> window) {
   if (!q.is_cuda()) return causal_attention_reference(q, k, v, scale, q_offset, window);
   check_shapes(q, k, v, q_offset);
-  const int64_t t = q.size(2), s = k.size(2);
-  const bool plain_causal = q_offset == 0 && t == s && (!window || *window >= s);
-  if (plain_causal)
-    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true, scale,
-                                            /*enable_gqa=*/k.size(1) != q.size(1));
-  // One decode token that sees every cached key needs no mask; a mask would rule out the flash kernel.
-  const bool sees_all = t == 1 && q_offset + 1 == s && (!window || *window >= s);
-  if (sees_all)
-    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, 0.0, /*is_causal=*/false, scale,
-                                            /*enable_gqa=*/k.size(1) != q.size(1));
-  at::Tensor mask = causal_mask(t, s, q_offset, window, q.device());  // [T, S] bool
-  return at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, scale,
+  const int64_t t = q.size(2), s = q_offset + t;  // keys past q_offset + T are never seen
+  // A window that every query's span fits in changes nothing: exact prefix + chunk attention, no [T, S] mask.
+  if ((!window || *window >= s) && fused_causal_attention_supported(q, k, v))
+    return fused_causal_attention(q, k, v, scale, q_offset);
+  // A window that cuts the prefix: keys before the first query's window are seen by no row, so the masked form
+  // runs over the last T + W - 1 keys at most and its mask stays [T, T + W - 1], not [T, S].
+  const int64_t first = window ? std::max<int64_t>(0, q_offset + 1 - *window) : 0;
+  at::Tensor ks = k.narrow(2, first, s - first), vs = v.narrow(2, first, s - first);
+  at::Tensor mask = causal_mask(t, s - first, q_offset - first, window, q.device());  // [T, s - first] bool
+  return at::scaled_dot_product_attention(q, ks, vs, mask, 0.0, /*is_causal=*/false, scale,
                                           /*enable_gqa=*/k.size(1) != q.size(1));
 }
 

@@ -18,8 +18,10 @@ namespace hylo::ops {
 at::Tensor causal_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                       int64_t q_offset = 0, std::optional<int64_t> window = std::nullopt);
 
-// Same contract. On CUDA tensors: at::scaled_dot_product_attention (is_causal when q_offset == 0, T == S and
-// no window, else an explicit boolean mask); elsewhere: the reference.
+// Same contract. On CUDA tensors (fp16/bf16/fp32) without a window that cuts the keys: fused_causal_attention
+// (fused_attention.h: causal SDPA for q_offset == 0, else flash over the cached prefix and the causal chunk merged
+// by log-sum-exp; no [T, S] mask). A cutting window: masked SDPA over the keys some row can see, a mask of
+// [T, T + W - 1] at most. Elsewhere: the reference.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                             int64_t q_offset = 0, std::optional<int64_t> window = std::nullopt);
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "hylo/core/result.h"
+#include "hylo/ops/fused_attention.h"
 #include "hylo/ops/tensor_util.h"
 #if HYLO_HAVE_CUDA
 #include "hylo/kernels/mla_decode/mla_decode.h"
@@ -104,6 +105,18 @@ at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor
                                       int64_t num_kv_groups, double scale, int64_t q_offset,
                                       int64_t max_score_elements) {
   const Dims d = check_inputs(q_nope, q_pe, c_kv, k_pe, kv_b_weight, num_kv_groups, q_offset);
+  if (q_nope.is_cuda()) {
+    // CUDA: decompress the keys a query can see (s = q_offset + T) and run fused causal attention over them, GQA
+    // over the G groups (head h reads group h / rep, as to_groups below): no [T, S] scores, and a backward.
+    const int64_t s = q_offset + d.t;
+    at::Tensor kv = at::linear(c_kv.narrow(1, 0, s), kv_b_weight).reshape({d.b, s, d.g, d.p + d.v});  // [B, s, G, Dn+Dv]
+    at::Tensor k_rot = k_pe.narrow(1, 0, s).unsqueeze(2).expand({d.b, s, d.g, d.r});                 // [B, s, G, Dr]
+    at::Tensor k = at::cat({kv.narrow(3, 0, d.p), k_rot.to(kv.scalar_type())}, 3).permute({0, 2, 1, 3});  // [B, G, s, Dn+Dr]
+    at::Tensor v = kv.narrow(3, d.p, d.v).permute({0, 2, 1, 3});                                      // [B, G, s, Dv]
+    at::Tensor q = at::cat({q_nope, q_pe.to(q_nope.scalar_type())}, 3).permute({0, 2, 1, 3});        // [B, H, T, Dn+Dr]
+    if (fused_causal_attention_supported(q, k, v))
+      return fused_causal_attention(q, k, v, scale, q_offset).permute({0, 2, 1, 3});                  // [B, T, H, Dv]
+  }
   // Decompress every key token into its G groups of [k_nope ; v] (kv_b_proj), then append the shared k_pe.
   at::Tensor kv = at::linear(c_kv, kv_b_weight).reshape({d.b, d.s, d.g, d.p + d.v});  // [B, S, G, Dn+Dv]
   at::Tensor k_nope = kv.narrow(3, 0, d.p).permute({0, 2, 1, 3});                       // [B, G, S, Dn]

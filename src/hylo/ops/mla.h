@@ -31,8 +31,11 @@ MlaUpProjections mla_split_kv_b(const at::Tensor& kv_b_weight, int64_t num_kv_gr
 
 // q_nope: [B, T, H, Dn]; q_pe: [B, T, H, Dr] (rotated); c_kv: [B, S, Rkv]; k_pe: [B, S, Dr] (rotated);
 // kv_b_weight: [G*(Dn+Dv), Rkv]. Returns [B, T, H, Dv] in q's dtype.
-// Query rows are processed in blocks whose scores [B, H, t, s] hold at most `max_score_elements` values (0: 2^26,
-// 256 MiB in fp32), so a long prefill does not materialise all T x S scores at once; blocking changes no value.
+// On CUDA (fp16/bf16/fp32, head dims <= 256): k = [W_UK c ; k_pe] and v = W_UV c are decompressed per group and
+// ops::fused_causal_attention (fused_attention.h) attends over them: flash kernels, no T x S scores, autograd
+// for q_offset == 0 (training). Elsewhere (the reference): query rows are processed in blocks whose scores
+// [B, H, t, s] hold at most `max_score_elements` values (0: 2^26, 256 MiB in fp32), so a long prefill does not
+// materialise all T x S scores at once; blocking changes no value.
 at::Tensor mla_attention_decompressed(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& c_kv,
                                       const at::Tensor& k_pe, const at::Tensor& kv_b_weight,
                                       int64_t num_kv_groups, double scale, int64_t q_offset,

@@ -81,13 +81,18 @@ at::Tensor mla_rope_inv_freq(const RopeConfig& rope, int64_t rope_dim) {
 
 RotaryTables mla_rope_tables(const RopeConfig& rope, int64_t rope_dim, const at::Tensor& positions,
                              at::ScalarType dtype, at::Device device) {
+  at::Tensor inv = mla_rope_inv_freq(rope, rope_dim).to(positions.device());        // [Dr/2] fp64
+  return mla_rope_tables(inv, mla_rope_cos_sin_scale(rope), positions, dtype, device);
+}
+
+RotaryTables mla_rope_tables(const at::Tensor& inv_freq, double scale, const at::Tensor& positions,
+                             at::ScalarType dtype, at::Device device) {
   if (positions.dim() != 1)
     throw Error("MLA rope: positions must be 1-D [T], got " + std::to_string(positions.dim()) + " dims");
-  at::Tensor inv = mla_rope_inv_freq(rope, rope_dim);                               // [Dr/2] fp64
-  at::Tensor pos = positions.to(at::kCPU, at::kDouble);                             // [T] fp64
-  at::Tensor freqs = pos.unsqueeze(1) * inv.unsqueeze(0);                           // [T, Dr/2]
+  // fp64 on the positions' device: no host round trip, so a decode step can be captured in a CUDA graph.
+  at::Tensor pos = positions.to(at::kDouble);                                       // [T] fp64
+  at::Tensor freqs = pos.unsqueeze(1) * inv_freq.to(pos.device()).unsqueeze(0);     // [T, Dr/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);                                     // [T, Dr]
-  const double scale = mla_rope_cos_sin_scale(rope);
   RotaryTables t;
   t.cos = (emb.cos() * scale).to(device, dtype);                                    // [T, Dr]
   t.sin = (emb.sin() * scale).to(device, dtype);                                    // [T, Dr]

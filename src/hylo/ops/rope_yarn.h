@@ -60,6 +60,10 @@ struct RotaryTables {
 };
 RotaryTables mla_rope_tables(const RopeConfig& rope, int64_t rope_dim, const at::Tensor& positions,
                              at::ScalarType dtype, at::Device device);
+// The same from precomputed mla_rope_inv_freq (on the positions' device) and mla_rope_cos_sin_scale: what a mixer
+// calls every step, with no host tensor involved (CUDA-graph safe).
+RotaryTables mla_rope_tables(const at::Tensor& inv_freq, double scale, const at::Tensor& positions,
+                             at::ScalarType dtype, at::Device device);
 
 // (x0,x1,x2,x3,..) -> (x0,x2,..,x1,x3,..) on the last dim. x: [..., Dr]; returns [..., Dr].
 at::Tensor deepseek_pair_permute(const at::Tensor& x);

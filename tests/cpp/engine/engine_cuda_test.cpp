@@ -61,17 +61,24 @@ at::Tensor full_logits(CausalLM& model, const std::vector<int64_t>& prompt, cons
 
 double max_abs(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
-class EngineCuda : public ::testing::TestWithParam<at::ScalarType> {
+struct Target {
+  at::DeviceType device;
+  at::ScalarType dtype;
+};
+
+// On the CPU the same test runs the bucketed decode path eagerly (bucketed_decode_on_cpu), so CI covers its logic.
+class EngineCuda : public ::testing::TestWithParam<Target> {
  protected:
   void SetUp() override {
-    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+    if (GetParam().device == at::kCUDA && !at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   }
 };
 
 TEST_P(EngineCuda, MatchesFullForwardWithGraphsPreemptionAndPrefixHits) {
-  const at::ScalarType dtype = GetParam();
+  const at::ScalarType dtype = GetParam().dtype;
+  const bool cuda = GetParam().device == at::kCUDA;
   auto ref = model_on(at::kDouble, at::kCPU);
-  auto model = model_on(dtype, at::Device(at::kCUDA, 0));
+  auto model = model_on(dtype, cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU));
   EngineOptions o;
   o.page_size = 16;
   o.prefill_chunk = 32;
@@ -79,6 +86,7 @@ TEST_P(EngineCuda, MatchesFullForwardWithGraphsPreemptionAndPrefixHits) {
   o.max_sequences = 4;
   o.prefix_snapshots = 4;
   o.cuda_graphs = true;
+  o.bucketed_decode_on_cpu = true;
   {  // pages for ~200 tokens: four 90-token requests must preempt
     EngineOptions probe = o;
     probe.memory_bytes = int64_t{1} << 40;
@@ -86,30 +94,33 @@ TEST_P(EngineCuda, MatchesFullForwardWithGraphsPreemptionAndPrefixHits) {
     o.memory_bytes = p.bytes_per_slot * (p.num_slots + 1) + p.bytes_per_page * 14;
   }
   Engine engine(*model, o);
-  std::vector<std::vector<int64_t>> prompts;
-  std::vector<SeqId> ids;
-  for (int i = 0; i < 4; ++i) {
+  auto request = [](std::vector<int64_t> prompt, int64_t max_new, bool keep) {
     Request r;
-    r.prompt = random_prompt(20 + 7 * i, 200 + i);
-    r.max_new_tokens = 64;
+    r.prompt = std::move(prompt);
+    r.max_new_tokens = max_new;
     r.sampling.temperature = 0;
-    r.keep_logits = true;
-    prompts.push_back(r.prompt);
-    ids.push_back(engine.submit(std::move(r)));
+    r.keep_logits = keep;
+    return r;
+  };
+  // The first request alone; then its second turn (a prefix hit: its pages and a state snapshot are cached) beside
+  // three more requests that together need more pages than there are (preemption).
+  std::vector<std::vector<int64_t>> prompts = {random_prompt(20, 200)};
+  const SequenceResult first = run_one(engine, request(prompts[0], 64, true));
+  std::vector<int64_t> again_prompt = prompts[0];
+  again_prompt.insert(again_prompt.end(), first.output.begin(), first.output.end());
+  const SeqId again = engine.submit(request(again_prompt, 32, false));
+  std::vector<SeqId> ids;
+  for (int i = 1; i < 4; ++i) {
+    prompts.push_back(random_prompt(20 + 7 * i, 200 + i));
+    ids.push_back(engine.submit(request(prompts.back(), 64, true)));
   }
   engine.run_until_done();
-  // A second turn of the first request: a prefix hit.
-  Request again;
-  again.prompt = prompts[0];
-  again.prompt.insert(again.prompt.end(), engine.result(ids[0]).output.begin(), engine.result(ids[0]).output.end());
-  again.max_new_tokens = 32;
-  again.sampling.temperature = 0;
-  const SequenceResult hit = run_one(engine, again);
+  const SequenceResult& hit = engine.result(again);
   const EngineStats st = engine.stats();
   EXPECT_GT(st.preemptions, 0);
   EXPECT_GE(st.prefix_hits, 1);
   EXPECT_GT(hit.cached_prompt_tokens, 0);
-  EXPECT_GT(st.cuda_graph_replays, 0);
+  if (cuda) EXPECT_GT(st.cuda_graph_replays, 0);
 
   auto check = [&](const std::vector<int64_t>& prompt, const std::vector<int64_t>& output, const at::Tensor* rows) {
     const at::Tensor exact = full_logits(*ref, prompt, output);
@@ -125,18 +136,26 @@ TEST_P(EngineCuda, MatchesFullForwardWithGraphsPreemptionAndPrefixHits) {
       ++decided;
       EXPECT_EQ(row.argmax().item<int64_t>(), output[i]) << "token " << i;
     }
-    EXPECT_GT(decided, static_cast<int64_t>(output.size()) / 2);
+    // fp32 decides most tokens; bf16's tolerance (its own rounding, 4x) can exceed a random model's top-2 margins.
+    if (dtype == at::kFloat) EXPECT_GT(decided, static_cast<int64_t>(output.size()) / 2);
   };
+  check(prompts[0], first.output, &first.logits);
   for (size_t i = 0; i < ids.size(); ++i) {
     const SequenceResult& r = engine.result(ids[i]);
     ASSERT_EQ(r.output.size(), 64u);
-    check(prompts[i], r.output, &r.logits);
+    check(prompts[i + 1], r.output, &r.logits);
   }
-  check(again.prompt, hit.output, nullptr);
+  ASSERT_EQ(hit.output.size(), 32u);
+  check(again_prompt, hit.output, nullptr);
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, EngineCuda, ::testing::Values(at::kFloat, at::kBFloat16),
-                         [](const auto& info) { return std::string(c10::toString(info.param)); });
+INSTANTIATE_TEST_SUITE_P(Targets, EngineCuda,
+                         ::testing::Values(Target{at::kCPU, at::kFloat}, Target{at::kCUDA, at::kFloat},
+                                           Target{at::kCUDA, at::kBFloat16}),
+                         [](const auto& info) {
+                           return std::string(info.param.device == at::kCUDA ? "Cuda" : "Cpu") +
+                                  c10::toString(info.param.dtype);
+                         });
 
 }  // namespace
 }  // namespace hylo::engine

@@ -47,6 +47,8 @@ MlaMixer::MlaMixer(const ModelConfig& config, const LayerSpec& layer, const at::
   const int64_t d = config.hidden_size;
   check_spec(s, d);
   softmax_scale_ = ops::mla_softmax_scale(s);
+  rope_inv_freq_ = ops::mla_rope_inv_freq(s.rope, s.qk_rope_head_dim).to(options.device());
+  rope_scale_ = ops::mla_rope_cos_sin_scale(s.rope);
   const int64_t q_out = s.num_heads * s.q_head_dim();
   if (s.q_lora_rank == 0) {
     q_proj_w_ = at::empty({q_out, d}, options);
@@ -119,7 +121,7 @@ MlaProjection MlaMixer::project(const at::Tensor& x, const at::Tensor& positions
   if (kv_a_norm_w_.defined()) c_kv = ops::rms_norm(c_kv, kv_a_norm_w_, kLatentNormEps);
   at::Tensor k_pe = ckv.narrow(2, c, r).unsqueeze(2);                              // [B, T, 1, Dr]
 
-  ops::RotaryTables tables = ops::mla_rope_tables(s.rope, r, positions, x.scalar_type(), x.device());
+  ops::RotaryTables tables = ops::mla_rope_tables(rope_inv_freq_, rope_scale_, positions, x.scalar_type(), x.device());
   q_pe = ops::apply_mla_rope(q_pe, tables, pair_order_);                          // [B, T, H, Dr]
   k_pe = ops::apply_mla_rope(k_pe, tables, pair_order_).squeeze(2);               // [B, T, Dr]
   return {q_nope, q_pe, at::cat({c_kv, k_pe}, 2)};                                 // entry [B, T, Rkv+Dr]

@@ -75,6 +75,8 @@ class MlaMixer : public Mixer {
   MlaForm form_ = MlaForm::kAuto;
   ops::RopePairOrder pair_order_ = ops::RopePairOrder::kDeepSeekPairs;
   double softmax_scale_ = 0.0;
+  at::Tensor rope_inv_freq_;                // [Dr/2] fp64 on the mixer's device (not a parameter)
+  double rope_scale_ = 1.0;                 // mla_rope_cos_sin_scale
   // Parameters (undefined where the variant has none).
   at::Tensor q_proj_w_, q_proj_b_;          // [H*(Dn+Dr), D], [H*(Dn+Dr)]     (q_lora_rank == 0)
   at::Tensor q_a_w_, q_a_b_;                // [Rq, D], [Rq]
