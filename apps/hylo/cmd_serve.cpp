@@ -1,11 +1,11 @@
 // hylo serve MODEL [--host 127.0.0.1] [--port 8080] [--api-key K | --api-key-file F] [--model-name NAME]
 //                  [--max-body-bytes N] [--max-prompt-tokens N] [--max-tokens-limit N] [--timeout-s S]
-//                  [--max-queue N] [--page-size N] [--gpu-memory F] [--memory-bytes N] [--max-sequences N]
-//                  [--prefix-snapshots N] [--device cpu|cuda] [--dtype fp32|bf16]
+//                  [--max-queue N] [--device cpu|cuda] [--dtype fp32|bf16] [engine flags (engine_args.h)]
 // An OpenAI-compatible HTTP server over the engine (src/hylo/serve/server.h lists the endpoints). Binds
 // 127.0.0.1 unless told otherwise. Prints "hylo serve: listening on http://HOST:PORT" on stderr once it
 // accepts connections (--port 0 picks a free port). SIGINT / SIGTERM: stop accepting, let in-flight requests
-// finish (at most --timeout-s), exit 0.
+// finish (at most --timeout-s), exit 0. Engine defaults for serving: 64 sequences at once, 32 prefix snapshots
+// (prefix reuse on: chat turns and shared system prompts skip their prefill).
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -27,6 +27,8 @@
 #include "hylo/serve/server.h"
 #endif
 
+#include "engine_args.h"
+
 namespace hylo::cli {
 namespace {
 
@@ -40,36 +42,12 @@ struct ServeArgs {
   int64_t max_tokens_limit = 4096;
   double timeout_s = 600.0;
   int64_t max_queue = 256;
-  int64_t page_size = 64;
-  double gpu_memory = 0.9;
-  std::string memory_bytes;
-  int64_t max_sequences = 64;
-  int64_t prefix_snapshots = 0;
   std::string device = "cpu";
   std::string dtype = "fp32";
+  EngineArgs engine;
 };
 
 #ifdef HYLO_HAVE_SERVE
-
-// "4294967296", "4G", "512M", "64k" (binary units).
-int64_t parse_bytes(const std::string& text, const char* option) {
-  size_t used = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  double unit = 1;
-  std::string rest = text.substr(used);
-  if (rest == "k" || rest == "K") unit = 1024.0;
-  else if (rest == "m" || rest == "M") unit = 1024.0 * 1024;
-  else if (rest == "g" || rest == "G") unit = 1024.0 * 1024 * 1024;
-  else if (!rest.empty()) used = 0;
-  if (used == 0 || value <= 0)
-    throw Error(std::string(option) + ": expected a positive byte count like 4294967296 or 4G, got '" + text + "'");
-  return static_cast<int64_t>(value * unit);
-}
 
 std::string read_api_key(const ServeArgs& a) {
   if (!a.api_key.empty() && !a.api_key_file.empty()) throw Error("serve: give --api-key or --api-key-file, not both");
@@ -121,16 +99,10 @@ int run_serve(const ServeArgs& a) {
     throw Error("serve: --dtype must be fp32 or bf16, got " + a.dtype);
   auto model = CausalLM::load(a.model, load);
 
-  engine::EngineOptions eo;
-  eo.page_size = a.page_size;
-  eo.gpu_memory_fraction = a.gpu_memory;
-  eo.max_sequences = a.max_sequences;
-  eo.prefix_snapshots = a.prefix_snapshots;
-  if (!a.memory_bytes.empty())
-    eo.memory_bytes = parse_bytes(a.memory_bytes, "--memory-bytes");
-  else if (!load.device.is_cuda())
-    eo.memory_bytes = int64_t{4} << 30;  // the CPU has no device memory to take a fraction of
-  eo.validate();
+  // On the CPU without --memory-bytes: pools for the default sequences at the model's trained context (<= 4 GiB).
+  const int64_t context = model->config().max_position_embeddings > 0 ? model->config().max_position_embeddings : 4096;
+  const engine::EngineOptions eo = engine_options(a.engine, *model, /*default_sequences=*/64,
+                                                  /*default_snapshots=*/32, context);
   engine::Engine engine(*model, eo);
 
   serve::Server server(so, engine, tokenizer.value());
@@ -178,15 +150,9 @@ CommandRun setup_serve(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--timeout-s", a->timeout_s, "per-request time limit (cancelled after it)")->capture_default_str();
   app.add_option("--max-queue", a->max_queue, "requests in flight before 429")->capture_default_str();
-  app.add_option("--page-size", a->page_size, "engine: tokens per cache page")->capture_default_str();
-  app.add_option("--gpu-memory", a->gpu_memory, "engine: fraction of free GPU memory for the pools")
-      ->capture_default_str();
-  app.add_option("--memory-bytes", a->memory_bytes, "engine: pool budget, e.g. 4G (CPU default 4G)");
-  app.add_option("--max-sequences", a->max_sequences, "engine: most sequences running at once")->capture_default_str();
-  app.add_option("--prefix-snapshots", a->prefix_snapshots, "engine: state snapshots for prefix reuse; 0 = off")
-      ->capture_default_str();
   app.add_option("--device", a->device, "cpu or cuda[:N]")->capture_default_str();
   app.add_option("--dtype", a->dtype, "fp32 or bf16")->capture_default_str();
+  add_engine_options(app, a->engine);
   return [a] { return run_serve(*a); };
 }
 

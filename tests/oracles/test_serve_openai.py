@@ -1,6 +1,6 @@
 """`hylo serve` against the official `openai` client, on a tiny random Llama made here with transformers.
 
-Oracles: greedy answers equal `hylo generate --greedy` (a different code path: one sequence, no engine) for chat
+Oracles: greedy answers equal `hylo generate --greedy --reference` (another code path: one sequence, no engine) for chat
 and text prompts, on the Llama and on an MLA + Gated DeltaNet hybrid upcycled from it (with prefix reuse on); logprobs equal transformers' log_softmax of the same model; prompt token counts equal
 transformers' chat template + tokenizer. Load: 32 concurrent streaming clients each get exactly the answer its
 request gets alone (nothing lost, truncated or mixed up), with p50/p99 latency and throughput printed (and
@@ -154,8 +154,8 @@ def metric(server, name):
 
 
 def generate_alone(model_dir, *args):
-    """`hylo generate --greedy`: the single-sequence path, no engine, no server."""
-    r = subprocess.run([HYLO, "generate", str(model_dir), "--greedy", "--no-stream", *map(str, args)],
+    """`hylo generate --greedy --reference`: the single-sequence reference loop, no engine, no server."""
+    r = subprocess.run([HYLO, "generate", str(model_dir), "--greedy", "--reference", "--no-stream", *map(str, args)],
                        capture_output=True)  # bytes: text mode would turn a generated "\r" into "\n"
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     out = r.stdout.decode("utf-8")

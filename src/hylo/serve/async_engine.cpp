@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <utility>
 
 #include "hylo/infer/generate.h"
 
@@ -45,13 +46,17 @@ void RequestHandle::set_state(State state, std::string error) {
 
 // ---- AsyncEngine --------------------------------------------------------------------------------------------
 
-// Loop-thread state of one running request.
+// Loop-thread state of one running request. Text goes through the same GeneratedText (stream decoder + stop
+// strings) as `hylo generate`; what it releases during one event collects in `pending` for that event's chunk.
 struct AsyncEngine::Live {
-  Live(std::shared_ptr<RequestHandle> h, const tok::Tokenizer& tokenizer, std::vector<std::string> stops)
-      : handle(std::move(h)), decoder(tokenizer, /*skip_special_tokens=*/true), filter(std::move(stops)) {}
+  Live(std::shared_ptr<RequestHandle> h, const tok::Tokenizer& tokenizer, const GenerateOptions& options)
+      : handle(std::move(h)), text(&tokenizer, options, answer, [this](std::string_view piece) { pending += piece; }) {}
+  std::string take_pending() { return std::exchange(pending, {}); }
+
   std::shared_ptr<RequestHandle> handle;
-  tok::StreamDecoder decoder;
-  StopStringFilter filter;
+  std::string answer;    // all text released so far
+  std::string pending;   // released since the last chunk
+  GeneratedText text;
   int64_t prompt_tokens = 0;
   int64_t generated = 0;
   bool finished = false;   // the last chunk was sent (a stop string ends the answer before the engine's event)
@@ -136,7 +141,9 @@ engine::EngineStats AsyncEngine::stats() const {
 
 void AsyncEngine::accept_new(std::deque<std::shared_ptr<RequestHandle>>& incoming) {
   for (auto& handle : incoming) {
-    auto live = std::make_unique<Live>(handle, tokenizer_, handle->request_.stop_strings);
+    GenerateOptions text_options;
+    text_options.stop_strings = handle->request_.stop_strings;
+    auto live = std::make_unique<Live>(handle, tokenizer_, text_options);
     live->prompt_tokens = static_cast<int64_t>(handle->request_.request.prompt.size());
     if (handle->cancel_requested_) {  // the client left before the engine saw the request
       handle->set_state(RequestHandle::State::kAccepted);
@@ -190,11 +197,12 @@ void AsyncEngine::on_event(const engine::Event& event) {
   if (event.token >= 0 && !live.finished) {
     ++live.generated;
     StreamChunk chunk;
-    if (!eos_ids_.count(event.token)) {
+    bool stopped = false;
+    if (!eos_ids_.count(event.token)) {  // an end-of-sequence id is counted, never decoded (as in generate)
       chunk.tokens.push_back({event.token, event.logprob, event.top});
-      chunk.text = live.filter.push(live.decoder.push(static_cast<int32_t>(event.token)));
+      stopped = live.text.push(event.token);
+      chunk.text = live.take_pending();
     }
-    const bool stopped = live.filter.stopped();
     if (!chunk.text.empty() || !chunk.tokens.empty()) live.handle->push(std::move(chunk));
     if (stopped) {  // the answer is complete; the engine frees the sequence at the next step boundary
       ++stop_string_total_;
@@ -206,11 +214,11 @@ void AsyncEngine::on_event(const engine::Event& event) {
   if (!live.finished) {
     if (event.finish == engine::FinishReason::kEos || event.finish == engine::FinishReason::kLength) {
       StreamChunk tail;
-      tail.text = live.filter.push(live.decoder.flush());
-      if (live.filter.stopped()) ++stop_string_total_;
-      else tail.text += live.filter.flush();
+      const bool stopped = live.text.finish();
+      if (stopped) ++stop_string_total_;
+      tail.text = live.take_pending();
       if (!tail.text.empty()) live.handle->push(std::move(tail));
-      const bool by_length = event.finish == engine::FinishReason::kLength && !live.filter.stopped();
+      const bool by_length = event.finish == engine::FinishReason::kLength && !stopped;
       finish(live, event.seq, by_length ? "length" : "stop", "");
     } else if (event.finish == engine::FinishReason::kCancelled) {
       finish(live, event.seq, "cancelled", "");

@@ -1,8 +1,8 @@
 // A thread-safe front of the (single-threaded) engine for the HTTP server: one loop thread owns the Engine and
 // is the only caller of submit/cancel/step; HTTP threads hand it requests and read each request's chunks from
-// that request's own queue. Text is made here, in the loop, per request: ids go through a tok::StreamDecoder
-// (complete UTF-8 only) and a StopStringFilter; when a stop string completes the sequence is cancelled in the
-// engine at once, so no compute is spent past it.
+// that request's own queue. Text is made here, in the loop, per request: ids go through generate.h's
+// GeneratedText (a tok::StreamDecoder for complete UTF-8, a StopStringFilter); when a stop string completes the
+// sequence is cancelled in the engine at once, so no compute is spent past it.
 //
 // Life cycle: submit() until begin_shutdown(); then new submissions are refused while in-flight requests run to
 // their end (wait_drained), and stop() cancels whatever is left and joins the loop.

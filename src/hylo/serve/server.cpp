@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "hylo/core/result.h"
+#include "hylo/infer/generate.h"
 #include "hylo/serve/async_engine.h"
 #include "hylo/serve/chat_page.h"
 #include "hylo/serve/metrics.h"
@@ -84,9 +85,7 @@ struct Server::Impl {
   std::atomic<bool> draining{false};
 
   Impl(ServerOptions o, engine::Engine& e, const tok::Tokenizer& t) : options(std::move(o)), engine(e), tokenizer(t) {
-    std::set<int64_t> eos(engine.model().config().eos_token_ids.begin(), engine.model().config().eos_token_ids.end());
-    for (int32_t id : tokenizer.eos_ids()) eos.insert(id);
-    eos_ids.assign(eos.begin(), eos.end());
+    eos_ids = generation_stop_ids(engine.model().config(), &tokenizer, GenerateOptions{});  // as hylo generate
     context_tokens = engine.memory_plan().max_tokens_per_sequence;
     async = std::make_unique<AsyncEngine>(engine, tokenizer, eos_ids, options.max_queue);
     routes();
