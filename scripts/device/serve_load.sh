@@ -7,7 +7,9 @@
 #
 #   bash scripts/device/serve_load.sh stage DIR   here: binary, libraries, tokenizer, scripts into DIR
 #                                                 (the lead's checkout's .devwork/<name>, which the device tool sends)
-#   bash scripts/device/serve_load.sh run         THERE, from the carried folder; report JSON lines in $OUT
+#   bash scripts/device/serve_load.sh run [llama|hybrid]   THERE, from the carried folder; report JSON in $OUT.
+#                                                 hybrid: the random Llama upcycled THERE by the SmolLM2 plan
+#                                                 (6 MLA + 24 Gated DeltaNet layers) is served instead
 # Device call: run(command="cd .devwork/serve && bash run.sh run", carry=[".devwork/serve"]).
 set -uo pipefail
 mode="${1:-}"; shift || true
@@ -25,7 +27,8 @@ stage() {
     cp -L "$(ldconfig -p | awk -v n="$l" '$1 == n {print $NF; exit}')" "$dst/lib/$l" || return 1
   done
   cp "$HYLO_DATA/tokenizers/llama3_2/tokenizer.json" "$HYLO_DATA/tokenizers/llama3_2/tokenizer_config.json" "$dst/tokenizer/"
-  cp "$root/bench/serve_load.py" "$root/scripts/device/random_llama.py" "$dst/"
+  cp "$root/bench/serve_load.py" "$root/scripts/device/random_llama.py" \
+    "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" "$dst/"
   cp "$here/serve_load.sh" "$dst/run.sh"
   du -sh "$dst"
 }
@@ -37,8 +40,14 @@ run_there() {
   export LD_LIBRARY_PATH="$d/lib:$tl:${LD_LIBRARY_PATH:-}" OMP_NUM_THREADS=8
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/machine.txt"
   python3 "$d/random_llama.py" "$d/model" "$d/tokenizer" || return 1
-  "$d/hylo" serve "$d/model" --port 18080 --device cuda --dtype bf16 --memory-bytes 8G --max-sequences 128 \
-    --model-name random-smollm2-shape 2>"$out/serve.log" &
+  local model="$d/model" name=random-smollm2-shape
+  if [[ "${1:-llama}" == hybrid ]]; then
+    "$d/hylo" upcycle "$d/model" --plan "$d/smollm2-135m-6mla24gdn.yaml" --out "$d/hybrid" --calibration-tokens 0 \
+      --no-progress --dtype bf16 2>&1 | tail -n 2 || return 1
+    model="$d/hybrid" name=random-smollm2-6mla24gdn
+  fi
+  "$d/hylo" serve "$model" --port 18080 --device cuda --dtype bf16 --memory-bytes 8G --max-sequences 128 \
+    --model-name "$name" 2>"$out/serve.log" &
   local pid=$!
   local i
   for i in $(seq 1 600); do grep -q "listening on" "$out/serve.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
