@@ -10,6 +10,7 @@ log() { printf '[setup] %s\n' "$*"; }
 # --- Debian packages -----------------------------------------------------------------------------------------
 apt_pkgs=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
           libgtest-dev libgmock-dev libpcre2-dev clang libclang-rt-14-dev xz-utils
+          libcpp-httplib-dev chromium  # hylo serve's HTTP library; the chat page's browser test
           libgloo-dev)  # gloo headers for ProcessGroupGloo.hpp (the torch wheel has Gloo built in, no headers)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

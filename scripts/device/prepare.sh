@@ -5,6 +5,8 @@
 #                              from Debian's libpcre2-dev, fetched with `apt-get download`
 #   .deps/yaml-cpp/            yaml-cpp headers, shared library and CMake package (Debian's libyaml-cpp-dev +
 #                              its runtime package), used there only when the machine has no yaml-cpp of its own
+#   .deps/include/httplib.h    cpp-httplib's header, and .deps/httplib/ with it and Debian's libcpp-httplib.so
+#                              (+ libbrotli), for hylo serve
 #   .deps/teacher.part-*       the SmolLM2 teacher GGUF (98 MB) in pieces small enough for one call each
 #   .deps/teacher.manifest     part names and sha256 sums of the parts and of the whole file
 # Idempotent: what is already there and current is kept. See scripts/device/check.sh for how they are used.
@@ -42,6 +44,21 @@ if [[ ! -f "$deps/yaml-cpp/usr/include/yaml-cpp/yaml.h" ]]; then
   log "yaml-cpp from $(cd "$tmp" && ls libyaml-cpp*.deb | tr '\n' ' ')"
 fi
 
+# --- cpp-httplib (hylo serve): header + Debian's shared library and its brotli runtime ---------------------------
+# Debian splits httplib into a declarations header and libcpp-httplib.so (built with OpenSSL, zlib and brotli; the
+# GPU machine has libssl and zlib, brotli travels along). Configure there with -DHTTPLIB_ROOT=$PWD/.deps/httplib
+# and put .deps/httplib/lib on LD_LIBRARY_PATH.
+if [[ ! -f "$deps/httplib/include/httplib.h" ]]; then
+  runtime="$(apt-cache depends libcpp-httplib-dev | awk '/Depends: libcpp-httplib[0-9]/ {print $2; exit}')"
+  download libcpp-httplib-dev ${runtime:+"$runtime"} libbrotli1
+  rm -rf "$deps/httplib" && mkdir -p "$deps/httplib/include" "$deps/httplib/lib"
+  for deb in "$tmp"/libcpp-httplib*.deb "$tmp"/libbrotli1_*.deb; do dpkg-deb -x "$deb" "$tmp/httplib"; done
+  cp "$tmp/httplib/usr/include/httplib.h" "$deps/httplib/include/"
+  cp -P "$tmp"/httplib/usr/lib/x86_64-linux-gnu/lib{cpp-httplib,brotli}*.so* "$deps/httplib/lib/"
+  cp "$tmp/httplib/usr/include/httplib.h" "$deps/include/httplib.h"
+  log "cpp-httplib from $(cd "$tmp" && ls libcpp-httplib*.deb libbrotli1_*.deb | tr '\n' ' ')"
+fi
+
 # --- the teacher, in parts -----------------------------------------------------------------------------------
 if [[ ! -f "$HYLO_TEACHER_GGUF" ]]; then
   log "teacher missing: running scripts/setup.sh first"
@@ -58,7 +75,7 @@ if [[ ! -f "$deps/teacher.manifest" ]] || ! grep -q "^$whole_sha $(basename "$HY
   mv "$deps/teacher.manifest.tmp" "$deps/teacher.manifest"
 fi
 log "ready under $deps:"
-(cd "$deps" && du -sh include yaml-cpp teacher.part-* teacher.manifest | sed 's/^/  /')
+(cd "$deps" && du -sh include yaml-cpp httplib teacher.part-* teacher.manifest | sed 's/^/  /')
 parts=$(cd "$root" && ls .deps/teacher.part-* | sed 's/.*/"&"/' | paste -sd, -)
 cat <<EOF
 [prepare] device calls (the second within the machine's 30 s warm window, so the first part is still there;
