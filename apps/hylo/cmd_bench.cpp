@@ -1,5 +1,6 @@
 // hylo bench [MODEL] [--teacher T] [--random-config CONFIG.json] [--plan PLAN.yaml]
 //            --contexts 4K,8K,128K,1M --decode-tokens N [--batch 1,8,64,256 [--batch-prompt 4K]]
+//            [--teacher-contexts 8K,128K|none] [--teacher-batch 1,64|none]
 //            [--dtype bf16|fp32] [--device cuda|cpu] [--seed S] [--json F] [--svg F] [--markdown F] [--quiet]
 //            [engine flags (engine_args.h)]
 // Speed and memory on the inference engine, a hybrid and its Transformer teacher in the same run (what is measured:
@@ -7,6 +8,7 @@
 // write the machine-readable results and the TPOT / memory chart. Progress goes to stderr. On the CPU the pools'
 // budget is --memory-bytes (default 4 GiB); on CUDA --gpu-memory (default 0.9 of the free memory).
 #include <cstdio>
+#include <optional>
 #include <fstream>
 #include <iostream>
 
@@ -25,6 +27,7 @@ namespace {
 struct BenchArgs {
   bench::BenchModelSpec models;
   std::string contexts, batches, batch_prompt = "4K";
+  std::optional<std::string> teacher_contexts, teacher_batches;
   int64_t decode_tokens = 64;
   std::string dtype, device = "cpu";
   uint64_t seed = 0;
@@ -46,6 +49,8 @@ std::string command_line(const BenchArgs& a, const std::string& dtype) {
   add("--contexts", a.contexts);
   add("--decode-tokens", std::to_string(a.decode_tokens));
   add("--batch", a.batches);
+  add("--teacher-contexts", a.teacher_contexts.value_or(""));
+  add("--teacher-batch", a.teacher_batches.value_or(""));
   if (!a.batches.empty()) add("--batch-prompt", a.batch_prompt);
   add("--dtype", dtype);
   add("--device", a.device);
@@ -76,25 +81,40 @@ int run_bench_command(const BenchArgs& a) {
   if (!a.contexts.empty()) o.contexts = bench::parse_count_list(a.contexts, "--contexts");
   if (!a.batches.empty()) o.batches = bench::parse_count_list(a.batches, "--batch");
   o.batch_prompt_tokens = bench::parse_count_list(a.batch_prompt, "--batch-prompt").at(0);
+  // "none": the teacher skips that sweep (its memory figures are still reported).
+  auto teacher_list = [](const std::optional<std::string>& text, const std::string& option) {
+    std::optional<std::vector<int64_t>> out;
+    if (text) out = *text == "none" ? std::vector<int64_t>{} : bench::parse_count_list(*text, option);
+    return out;
+  };
+  o.teacher_contexts = teacher_list(a.teacher_contexts, "--teacher-contexts");
+  o.teacher_batches = teacher_list(a.teacher_batches, "--teacher-batch");
   o.decode_tokens = a.decode_tokens;
   o.seed = a.seed;
   o.progress = !a.quiet;
   o.engine = engine_options_from_flags(a.engine, device.is_cuda(), /*default_sequences=*/1, /*default_snapshots=*/0);
   if (!device.is_cuda() && o.engine.memory_bytes == 0) o.engine.memory_bytes = int64_t{4} << 30;
 
+  const std::string command = command_line(a, dtype);
+  // The files are rewritten after every point, so a run stopped by a time limit keeps what it measured.
+  auto write_files = [&](bench::BenchReport report, bool final) {
+    report.command = command;
+    if (!a.markdown_path.empty()) write_file_atomic(a.markdown_path, bench::to_markdown(report)).value_or_throw();
+    if (!a.json_path.empty()) write_file_atomic(a.json_path, bench::to_json(report).dump(2) + "\n").value_or_throw();
+    if (!a.svg_path.empty()) {
+      const Status s = bench::write_svg_file(a.svg_path, report);
+      if (!s.ok() && final) std::fprintf(stderr, "note: no plot written: %s\n", s.error().c_str());
+    }
+  };
+  o.on_update = [&](const bench::BenchReport& so_far) { write_files(so_far, /*final=*/false); };
+
   const std::vector<bench::BenchModelSource> sources = bench::bench_model_sources(spec);
   bench::BenchReport report = bench::run_bench(sources, o);
-  report.command = command_line(a, dtype);
-
+  report.command = command;
   const std::string markdown = bench::to_markdown(report);
   std::fwrite(markdown.data(), 1, markdown.size(), stdout);
   std::fflush(stdout);
-  if (!a.markdown_path.empty()) write_file_atomic(a.markdown_path, markdown).value_or_throw();
-  if (!a.json_path.empty()) write_file_atomic(a.json_path, bench::to_json(report).dump(2) + "\n").value_or_throw();
-  if (!a.svg_path.empty()) {
-    const Status s = bench::write_svg_file(a.svg_path, report);
-    if (!s.ok()) std::fprintf(stderr, "note: no plot written: %s\n", s.error().c_str());
-  }
+  write_files(report, /*final=*/true);
   return 0;
 }
 
@@ -110,6 +130,8 @@ CommandRun setup_bench(CLI::App& app) {
   app.add_option("--decode-tokens", a->decode_tokens, "tokens decoded per prompt (and timed steps per batch)")
       ->capture_default_str();
   app.add_option("--batch", a->batches, "concurrent sequences, e.g. 1,8,64,256");
+  app.add_option("--teacher-contexts", a->teacher_contexts, "the teacher's contexts instead (\"none\": skip)");
+  app.add_option("--teacher-batch", a->teacher_batches, "the teacher's batch sizes instead (\"none\": skip)");
   app.add_option("--batch-prompt", a->batch_prompt, "prompt length of each concurrent sequence")->capture_default_str();
   app.add_option("--dtype", a->dtype, "fp32 or bf16 (default: bf16 on CUDA, fp32 on the CPU)");
   app.add_option("--device", a->device, "cpu or cuda[:N]")->capture_default_str();

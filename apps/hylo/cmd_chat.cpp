@@ -87,7 +87,8 @@ int run_chat(const ChatArgs& a) {
       continue;
     }
     history.push_back({"user", input});
-    const std::string rendered = tokenizer.apply_chat_template(history, /*add_generation_prompt=*/true).value_or_throw();
+    const std::string rendered =
+        tokenizer.apply_chat_template(history, /*add_generation_prompt=*/true).value_or_throw();
     std::vector<int32_t> ids32 = tokenizer.encode(rendered, /*add_special_tokens=*/false);
     std::vector<int64_t> prompt(ids32.begin(), ids32.end());
     const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());

@@ -61,8 +61,8 @@ int run_perplexity(const PerplexityArgs& a) {
     r = eval::perplexity(*model, ids, po, progress);
   } else {
     const int64_t window = std::min<int64_t>(a.context, static_cast<int64_t>(ids.size()));
-    engine::Engine eng(*model, engine_options(a.engine, *model, /*default_sequences=*/std::clamp<int64_t>(windows, 1, 8),
-                                              /*default_snapshots=*/0, window));
+    const int64_t sequences = std::clamp<int64_t>(windows, 1, 8);
+    engine::Engine eng(*model, engine_options(a.engine, *model, sequences, /*default_snapshots=*/0, window));
     r = eval::perplexity(eng, ids, po, progress);
   }
   bar.finish();

@@ -184,3 +184,17 @@ def test_perplexity_on_the_engine_equals_the_reference(tmp_path):
     got_nll, want_nll = np.array(got["nll"]), np.array(want["nll"])
     assert np.sqrt(np.mean((got_nll - want_nll) ** 2)) / np.sqrt(np.mean(want_nll ** 2)) <= 1e-5
     assert abs(got["perplexity"] - want["perplexity"]) <= 1e-5 * want["perplexity"]
+
+
+def test_bench_teacher_sweeps_can_differ(tmp_path):
+    """--teacher-contexts / --teacher-batch: a long context for the hybrid alone, the teacher only where it is cheap."""
+    (tmp_path / "tiny.json").write_text(json.dumps(CONFIG))
+    (tmp_path / "plan.yaml").write_text(PLAN)
+    run("bench", "--random-config", tmp_path / "tiny.json", "--plan", tmp_path / "plan.yaml", "--contexts", "32,48",
+        "--teacher-contexts", "32", "--batch", "2", "--teacher-batch", "none", "--batch-prompt", 16,
+        "--decode-tokens", DECODE, "--page-size", PAGE, "--prefill-chunk", 16, "--memory-bytes", "2M", "--quiet",
+        "--json", tmp_path / "b.json")
+    hybrid, teacher = json.loads((tmp_path / "b.json").read_text())["models"]
+    assert [p["context"] for p in hybrid["contexts"]] == [32, 48] and [b["batch"] for b in hybrid["batches"]] == [2]
+    assert [p["context"] for p in teacher["contexts"]] == [32] and teacher["batches"] == []
+    assert teacher["bytes_per_token"] > hybrid["bytes_per_token"]  # the memory figures are there all the same

@@ -1,6 +1,7 @@
 // The engine on the GPU against full-forward recomputation on the GPU (issue 9's acceptance, GPU half): a hybrid
 // shaped so that every CUDA path is taken (paged MLA decode kernel: Rkv 64, Dr 16; gated-delta step and chunk
-// kernels: Dk = Dv = 64; causal conv1d kernel), with CUDA graphs for decode steps, several requests in mixed
+// kernels: Dk = Dv = 64; causal conv1d kernel; the CudaBFloat16Gdn128 target: Dk = Dv = 128, the fused GDN decode
+// kernel through the slot indices), with CUDA graphs for decode steps, several requests in mixed
 // batches, a preemption and a prefix hit. Every logits row must be as close to an fp64 CPU forward as a plain
 // forward in the same dtype is (4x its error), and every greedy token must be the full forward's argmax wherever
 // that argmax is decided by more than the tolerance. Skipped without CUDA.
@@ -17,22 +18,22 @@
 namespace hylo::engine {
 namespace {
 
-ModelConfig kernel_shaped_config() {
+ModelConfig kernel_shaped_config(int64_t gdn_dim) {
   ModelConfig c = mixed_config();
   c.layers[1].mla.kv_lora_rank = 64;
   c.layers[1].mla.qk_rope_head_dim = 16;
   c.layers[2].gdn.num_heads = 2;
-  c.layers[2].gdn.head_k_dim = 64;
-  c.layers[2].gdn.head_v_dim = 64;
+  c.layers[2].gdn.head_k_dim = gdn_dim;
+  c.layers[2].gdn.head_v_dim = gdn_dim;
   return c;
 }
 
 // As engine_test.cpp: larger weights and slow decay, so every layer and the carried state matter.
-std::unique_ptr<CausalLM> model_on(at::ScalarType dtype, at::Device device) {
+std::unique_ptr<CausalLM> model_on(at::ScalarType dtype, at::Device device, int64_t gdn_dim) {
   LoadOptions o;
   o.dtype = dtype;
   o.device = device;
-  auto model = CausalLM::random(kernel_shaped_config(), 31, o);
+  auto model = CausalLM::random(kernel_shaped_config(gdn_dim), 31, o);
   model->visit_parameters([](const std::string& name, at::Tensor& t) {
     auto ends_with = [&](const std::string& tail) {
       return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
@@ -64,6 +65,7 @@ double max_abs(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().
 struct Target {
   at::DeviceType device;
   at::ScalarType dtype;
+  int64_t gdn_dim = 64;  // 128 (bf16 on CUDA): the GDN decode steps run the fused kernel (gdn_decode_fused.h)
 };
 
 // On the CPU the same test runs the bucketed decode path eagerly (bucketed_decode_on_cpu), so CI covers its logic.
@@ -77,8 +79,9 @@ class EngineCuda : public ::testing::TestWithParam<Target> {
 TEST_P(EngineCuda, MatchesFullForwardWithGraphsPreemptionAndPrefixHits) {
   const at::ScalarType dtype = GetParam().dtype;
   const bool cuda = GetParam().device == at::kCUDA;
-  auto ref = model_on(at::kDouble, at::kCPU);
-  auto model = model_on(dtype, cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU));
+  const int64_t gdn_dim = GetParam().gdn_dim;
+  auto ref = model_on(at::kDouble, at::kCPU, gdn_dim);
+  auto model = model_on(dtype, cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU), gdn_dim);
   EngineOptions o;
   o.page_size = 16;
   o.prefill_chunk = 32;
@@ -151,10 +154,12 @@ TEST_P(EngineCuda, MatchesFullForwardWithGraphsPreemptionAndPrefixHits) {
 
 INSTANTIATE_TEST_SUITE_P(Targets, EngineCuda,
                          ::testing::Values(Target{at::kCPU, at::kFloat}, Target{at::kCUDA, at::kFloat},
-                                           Target{at::kCUDA, at::kBFloat16}),
+                                           Target{at::kCUDA, at::kBFloat16},
+                                           Target{at::kCUDA, at::kBFloat16, 128}),
                          [](const auto& info) {
                            return std::string(info.param.device == at::kCUDA ? "Cuda" : "Cpu") +
-                                  c10::toString(info.param.dtype);
+                                  c10::toString(info.param.dtype) +
+                                  (info.param.gdn_dim != 64 ? "Gdn" + std::to_string(info.param.gdn_dim) : "");
                          });
 
 }  // namespace

@@ -86,6 +86,29 @@ TEST(EngineGenerate, SamplingPenaltyAndStopIdsMatchTheReferenceLoop) {
   EXPECT_TRUE(generate(eng, nullptr, prompt, opts).generation.ids.empty());
 }
 
+// What `hylo chat` relies on: the second turn's prompt starts with the first turn's, and on a hybrid the engine takes
+// that prefix from the cache (pages plus a recurrent-state snapshot) instead of recomputing it, with the same ids.
+TEST(EngineGenerate, SecondTurnReusesTheFirstOnAHybrid) {
+  auto model = hybrid_fp64(11);
+  engine::EngineOptions o = fp64_options(8, 8, 1);
+  o.prefix_snapshots = 8;
+  engine::Engine eng(*model, o);
+  GenerateOptions opts;
+  opts.sampling.temperature = 0.0;
+  opts.max_new_tokens = 12;
+  const std::vector<int64_t> turn1 = random_ids(37, 4);
+  const EngineGenerateResult r1 = generate(eng, nullptr, turn1, opts);
+  EXPECT_EQ(r1.cached_prompt_tokens, 0);
+  std::vector<int64_t> turn2 = turn1;
+  turn2.insert(turn2.end(), r1.generation.ids.begin(), r1.generation.ids.end());
+  for (int64_t t : random_ids(9, 5)) turn2.push_back(t);
+  const EngineGenerateResult r2 = generate(eng, nullptr, turn2, opts);
+  EXPECT_GE(r2.cached_prompt_tokens, 37 / 8 * 8);  // at least every full page of the first prompt
+  EXPECT_LT(r2.cached_prompt_tokens, static_cast<int64_t>(turn2.size()));
+  EXPECT_EQ(r2.generation.ids, generate(*model, nullptr, turn2, opts).ids);
+  EXPECT_GE(eng.stats().prefix_hits, 1);
+}
+
 TEST(EngineGenerate, RefusesWhatTheReferenceRefuses) {
   auto model = hybrid_fp64();
   engine::Engine eng(*model, fp64_options(8, 8, 1));

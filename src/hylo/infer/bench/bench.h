@@ -27,14 +27,24 @@ namespace hylo::bench {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+struct BenchReport;
+struct ModelReport;
+
 struct BenchOptions {
   std::vector<int64_t> contexts;       // prompt lengths of the batch-1 sweep
   int64_t decode_tokens = 64;          // tokens decoded after each prompt (and timed steps per batch size)
   std::vector<int64_t> batches;        // concurrent sequences of the batch sweep (empty: no batch sweep)
   int64_t batch_prompt_tokens = 4096;  // prompt length of every sequence in the batch sweep
+  // The teacher's sweeps when they should differ (a Transformer at 1M tokens can take longer than the whole run);
+  // unset: the same as the others'.
+  std::optional<std::vector<int64_t>> teacher_contexts, teacher_batches;
   engine::EngineOptions engine;        // page size, budget (memory_bytes / gpu_memory_fraction), chunking, graphs
   uint64_t seed = 0;                   // random prompts
   bool progress = true;                // progress bars and one line per point on stderr
+  // Called after every point with what is known so far (the CLI rewrites its files, so that a run cut short by a
+  // time limit keeps its finished points).
+  std::function<void(const BenchReport&)> on_update;
+  std::function<void(const ModelReport&)> on_point;  // bench_model's hook (run_bench sets it)
 };
 
 // One model to benchmark. make() builds it (weights loaded or drawn) when its turn comes, so that only one model

@@ -34,7 +34,8 @@ ModelConfig read_random_config(const std::string& path) {
 
 // The hybrid a plan makes of a Transformer, with the untied head hylo hybrids store (HYLO.md 2.1).
 ModelConfig plan_hybrid(const ModelConfig& teacher, const LayerPlan& plan) {
-  if (teacher.is_hybrid()) throw Error("--plan: " + plan.source + " applies to a Transformer, and the model is a hybrid");
+  if (teacher.is_hybrid())
+    throw Error("--plan: " + plan.source + " applies to a Transformer, and the model is a hybrid");
   ModelConfig c = apply_plan(teacher, plan).value_or_throw();
   c.tie_word_embeddings = false;
   return c;

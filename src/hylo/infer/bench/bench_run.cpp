@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
-#include <map>
 #include <set>
 
 #include "hylo/core/progress.h"
@@ -240,7 +239,6 @@ std::string utc_now() {
 }
 
 void check_options(const BenchOptions& o) {
-  if (o.contexts.empty() && o.batches.empty()) throw Error("bench: give --contexts and/or --batch");
   if (o.decode_tokens < 2)
     throw Error("bench: --decode-tokens must be >= 2 (TPOT is timed over the tokens after the first), got " +
                 std::to_string(o.decode_tokens));
@@ -308,6 +306,7 @@ ModelReport bench_model(CausalLM& model, const std::string& name, const std::str
                      format_bytes(static_cast<double>(p.sequence_bytes)).c_str());
     }
     r.contexts.push_back(std::move(p));
+    if (o.on_point) o.on_point(r);
   }
   for (int64_t batch : o.batches) {
     BatchPoint p = run_batch(model, o, unit, r.budget_bytes, batch);
@@ -324,12 +323,16 @@ ModelReport bench_model(CausalLM& model, const std::string& name, const std::str
                      p.decode_tokens_per_second, p.step_ms);
     }
     r.batches.push_back(std::move(p));
+    if (o.on_point) o.on_point(r);
   }
   return r;
 }
 
 BenchReport run_bench(const std::vector<BenchModelSource>& models, const BenchOptions& o) {
   check_options(o);
+  if (o.contexts.empty() && o.batches.empty() && (!o.teacher_contexts || o.teacher_contexts->empty()) &&
+      (!o.teacher_batches || o.teacher_batches->empty()))
+    throw Error("bench: give --contexts and/or --batch");
   if (models.empty()) throw Error("bench: no model to run");
   BenchReport report;
   report.options = o;
@@ -343,7 +346,19 @@ BenchReport run_bench(const std::vector<BenchModelSource>& models, const BenchOp
       const at::ScalarType t = model->options().dtype().toScalarType();
       report.dtype = t == at::kBFloat16 ? "bf16" : t == at::kFloat ? "fp32" : c10::toString(t);
     }
-    report.models.push_back(bench_model(*model, source.name, source.role, o));
+    BenchOptions mo = o;
+    if (source.role == "teacher") {
+      if (o.teacher_contexts) mo.contexts = *o.teacher_contexts;
+      if (o.teacher_batches) mo.batches = *o.teacher_batches;
+    }
+    mo.on_point = [&](const ModelReport& partial) {
+      if (!o.on_update) return;
+      BenchReport so_far = report;
+      so_far.models.push_back(partial);
+      o.on_update(so_far);
+    };
+    report.models.push_back(bench_model(*model, source.name, source.role, mo));
+    if (o.on_update) o.on_update(report);
     model.reset();
     release_cached_memory(dev);
   }

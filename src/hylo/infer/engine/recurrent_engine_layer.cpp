@@ -7,6 +7,7 @@
 
 #include "hylo/core/result.h"
 #include "hylo/infer/engine/recurrent_state_parts.h"
+#include "hylo/model/mixers/gated_deltanet.h"
 #include "hylo/ops/tensor_util.h"
 
 namespace hylo::engine {
@@ -55,6 +56,12 @@ at::Tensor RecurrentEngineLayer::run_decode(const at::Tensor& x, const StepBatch
   at::Tensor idx = batch.slots.defined() ? batch.slots.narrow(0, 0, nd)                         // [nd] int64
                                          : at::tensor(slots, at::kLong).to(idx_opts.device());
 
+  // GDN on CUDA: one fused kernel reads and updates the slots' pool rows through idx in place, no gather/scatter
+  // (an undefined result: the kernel does not cover this layer or pool dtype, and the generic path below runs).
+  if (auto* gdn = dynamic_cast<GatedDeltaNetMixer*>(&mixer_)) {
+    at::Tensor y = gdn->decode_fused(xd, dynamic_cast<GatedDeltaNetState&>(*cache_.slots), idx);  // [nd, 1, D]
+    if (y.defined()) return y;
+  }
   const std::vector<at::ScalarType>& native = native_dtypes(x);
   std::unique_ptr<MixerState> state = empty_state_like(*cache_.slots);
   std::vector<StatePart> parts = recurrent_state_parts(*state);

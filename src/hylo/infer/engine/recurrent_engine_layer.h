@@ -1,7 +1,9 @@
 // The engine form shared by the recurrent mixers (GDN, Mamba2; engine_layer_gdn.cpp, engine_layer_mamba2.cpp): no
 // math of its own. Each prefill chunk runs the mixer's own forward on a state object whose tensors are views of
 // its slot's rows (the mixer's store_state writes them in place); the decode tokens run one batched forward over
-// their slots' rows gathered into one state, scattered back afterwards.
+// their slots' rows gathered into one state, scattered back afterwards -- except GDN on CUDA in bf16, whose decode
+// tokens run one fused kernel that updates the slots' pool rows in place through the slot indices
+// (GatedDeltaNetMixer::decode_fused, kernels/gated_delta/gdn_decode_fused.h).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -8,6 +8,13 @@
 #include "hylo/ops/gated_delta.h"
 #include "hylo/ops/gated_rms_norm.h"
 #include "hylo/ops/tensor_util.h"
+#ifdef HYLO_HAVE_CUDA
+#include <ATen/core/grad_mode.h>
+
+#include <atomic>
+
+#include "hylo/kernels/gated_delta/gdn_decode_fused.h"
+#endif
 
 namespace hylo {
 
@@ -136,6 +143,10 @@ at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*
   }
   const int64_t B = x.size(0), T = x.size(1), H = s.num_heads, Dk = s.head_k_dim, Dv = s.head_v_dim;
   if (T == 0) return at::zeros({B, 0, hidden_}, x.options());
+  if (st && T == 1 && x.is_cuda()) {  // one fused kernel for the decode step when it covers this call
+    at::Tensor y = decode_fused(x, *st, at::Tensor());
+    if (y.defined()) return y;
+  }
 
   at::Tensor q = at::linear(x, q_w_);  // [B, T, H*Dk]
   at::Tensor k = at::linear(x, k_w_);  // [B, T, H*Dk]
@@ -182,6 +193,45 @@ at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*
   }
   return at::linear(o.reshape({B, T, H * Dv}), o_w_);                                       // [B, T, D]
 }
+
+#ifdef HYLO_HAVE_CUDA
+namespace {
+std::atomic<bool> g_fused_decode{true};
+}  // namespace
+void GatedDeltaNetMixer::set_fused_decode(bool on) { g_fused_decode = on; }
+bool GatedDeltaNetMixer::fused_decode() { return g_fused_decode; }
+
+at::Tensor GatedDeltaNetMixer::decode_fused(const at::Tensor& x, GatedDeltaNetState& pools, const at::Tensor& slots) {
+  const GdnSpec& s = spec_;
+  if (!g_fused_decode || !x.is_cuda() || x.dim() != 3 || x.size(1) != 1 || x.size(2) != hidden_ ||
+      !s.use_short_conv)
+    return {};
+  if (at::GradMode::is_enabled()) {  // the kernel has no backward
+    bool grad = x.requires_grad();
+    visit_parameters("", [&](const std::string&, at::Tensor& t) { grad = grad || t.requires_grad(); });
+    for (const at::Tensor* t : {&pools.conv_q, &pools.conv_k, &pools.conv_v, &pools.recurrent})
+      grad = grad || (t->defined() && t->requires_grad());
+    if (grad) return {};
+  }
+  const kernels::GdnDecodePools pool{pools.conv_q, pools.conv_k, pools.conv_v, pools.recurrent};
+  if (!kernels::gdn_decode_fused_supported(x, s.num_heads, s.head_k_dim, s.head_v_dim, s.conv_size, pool)) return {};
+  if (q_conv_.scalar_type() != k_conv_.scalar_type() || q_conv_.scalar_type() != v_conv_.scalar_type()) return {};
+  const int64_t B = x.size(0), K = s.conv_size;
+  at::Tensor x2 = x.reshape({B, hidden_});                                                // [B, D]
+  at::Tensor gate = s.use_gate ? at::linear(x2, g_w_) : at::Tensor();                   // [B, H*Dv]
+  kernels::GdnDecodeParams prm{q_conv_.view({-1, K}), k_conv_.view({-1, K}), v_conv_.view({-1, K}),
+                               a_log_,               dt_bias_,              norm_w_,
+                               s.norm_eps,           1.0 / std::sqrt(static_cast<double>(s.head_k_dim))};
+  at::Tensor o = kernels::gdn_decode_fused_cuda(at::linear(x2, q_w_), at::linear(x2, k_w_), at::linear(x2, v_w_),
+                                                at::linear(x2, a_w_), at::linear(x2, b_w_), gate, prm, pool,
+                                                slots);                                  // [B, H*Dv]
+  return at::linear(o, o_w_).view({B, 1, hidden_});                                      // [B, 1, D]
+}
+#else
+void GatedDeltaNetMixer::set_fused_decode(bool) {}
+bool GatedDeltaNetMixer::fused_decode() { return false; }
+at::Tensor GatedDeltaNetMixer::decode_fused(const at::Tensor&, GatedDeltaNetState&, const at::Tensor&) { return {}; }
+#endif
 
 namespace {
 const bool kRegistered = [] {

@@ -9,7 +9,8 @@
 // scale Dk^-1/2 (chunk form for a stateless call or a prefill, recurrent form for a one-token step with a state);
 // per-head o_norm(o) * SiLU(g_proj(x)) (FusedRMSNormGated); o_proj. use_short_conv = false replaces the convs
 // by a plain SiLU, use_gate = false drops g_proj and keeps the plain RMSNorm, both as FLA does.
-// Positions are not used (no RoPE).
+// Positions are not used (no RoPE). On CUDA a one-token step with a state (bf16, plan dims) runs everything between
+// the projections and o_proj as one fused kernel (decode_fused); the ATen code stays the reference and CPU path.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -52,6 +53,17 @@ class GatedDeltaNetMixer : public Mixer {
   void set_chunk_size(int64_t chunk_size);
 
   const GdnSpec& spec() const { return spec_; }
+
+  // The fused CUDA decode step (kernels/gated_delta/gdn_decode_fused.h): x [B, 1, D] -> [B, 1, D], the same math
+  // as forward with a state and T == 1, reading and updating `pools`' rows `slots` ([B] int64 on x's device; or
+  // undefined: row b of pools with B rows) in place. Returns an undefined tensor when the kernel does not cover
+  // this call (CPU, no CUDA build, fused decode switched off, a gradient needed, dims/dtypes outside
+  // gdn_decode_fused_supported, no short conv); the caller then runs forward. forward takes it by itself for a
+  // CUDA one-token step with a state; the engine calls it with slot indices (no gather/scatter).
+  at::Tensor decode_fused(const at::Tensor& x, GatedDeltaNetState& pools, const at::Tensor& slots);
+  // Process-wide switch for decode_fused (on by default): tests and benchmarks compare against the ATen path.
+  static void set_fused_decode(bool on);
+  static bool fused_decode();
 
  private:
   GdnSpec spec_;
