@@ -587,12 +587,14 @@ def test_queue_full_and_graceful_shutdown(model_dir, tmp_path):
 
 
 def test_request_timeout_cancels(model_dir, tmp_path):
-    s = Served(model_dir, tmp_path, "--timeout-s", 0.05)
+    (tmp_path / "key.txt").write_text(KEY + "\n")  # the key file's trailing newline is not part of the key
+    s = Served(model_dir, tmp_path, "--timeout-s", 0.05, "--api-key-file", tmp_path / "key.txt")
     try:
+        assert http(s, "POST", "/v1/completions", {"prompt": "x"}, key=None)[0] == 401
         long = {"prompt": [0, 5, 6], "max_tokens": 1500, "ignore_eos": True, "logprobs": 20}
-        status, answer = http(s, "POST", "/v1/completions", long, key=None)
+        status, answer = http(s, "POST", "/v1/completions", long)
         assert status == 503 and answer["error"]["code"] == "timeout", answer
-        status, text = http(s, "POST", "/v1/completions", dict(long, stream=True), key=None)
+        status, text = http(s, "POST", "/v1/completions", dict(long, stream=True))
         assert status == 200  # the stream had started; the error comes as its last event
         events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
@@ -600,6 +602,26 @@ def test_request_timeout_cancels(model_dir, tmp_path):
         assert http(s, "GET", "/health", key=None)[0] == 200
     finally:
         s.stop()
+
+
+def test_cli_rejects_bad_options(model_dir, tmp_path):
+    cases = [(["--api-key", "a", "--api-key-file", tmp_path / "k"], "not both"),
+             (["--port", "70000"], "--port must be in [0, 65535]"),
+             (["--max-queue", "0"], "--max-queue must be >= 1"),
+             (["--api-key-file", tmp_path / "missing.txt"], "missing.txt"),
+             (["--memory-bytes", "lots"], "--memory-bytes")]
+    for args, message in cases:
+        port = [] if "--port" in args else ["--port", "0"]
+        r = subprocess.run([HYLO, "serve", model_dir, *port, *map(str, args)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        r = subprocess.run([HYLO, "serve", model_dir, "--port", str(port), "--memory-bytes", "1M"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and f"cannot bind 127.0.0.1:{port}" in r.stderr, r.stderr
 
 
 # ---- the chat page in headless Chromium -----------------------------------------------------------------------

@@ -24,6 +24,15 @@ ApiError bad_request(std::string message, std::string param) {
   return e;
 }
 
+ApiError api_error(int status, std::string message, std::string type, std::string code) {
+  ApiError e;
+  e.status = status;
+  e.message = std::move(message);
+  e.type = std::move(type);
+  e.code = std::move(code);
+  return e;
+}
+
 namespace {
 
 const char* type_name(const json& v) {

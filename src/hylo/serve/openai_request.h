@@ -26,6 +26,7 @@ struct ApiError {
 };
 
 ApiError bad_request(std::string message, std::string param = {});
+ApiError api_error(int status, std::string message, std::string type, std::string code = {});
 
 struct CompletionRequest {
   bool chat = false;

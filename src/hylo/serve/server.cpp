@@ -15,6 +15,7 @@
 #include "hylo/infer/generate.h"
 #include "hylo/serve/async_engine.h"
 #include "hylo/serve/chat_page.h"
+#include "hylo/serve/generation_request.h"
 #include "hylo/serve/metrics.h"
 #include "hylo/serve/openai_request.h"
 #include "hylo/serve/openai_response.h"
@@ -31,15 +32,6 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
   res.set_content(e.to_json(), "application/json");
-}
-
-ApiError api_error(int status, std::string message, std::string type, std::string code = {}) {
-  ApiError e;
-  e.status = status;
-  e.message = std::move(message);
-  e.type = std::move(type);
-  e.code = std::move(code);
-  return e;
 }
 
 // Comparison whose time does not depend on where the strings differ (API keys).
@@ -101,66 +93,9 @@ struct Server::Impl {
       throw api_error(404, "The model '" + r.model + "' does not exist; this server serves '" + options.model_name + "'",
                       "invalid_request_error", "model_not_found");
 
-    std::vector<int64_t> prompt;
-    if (chat) {
-      if (!tokenizer.has_chat_template())
-        throw bad_request("this model's tokenizer has no chat template; use /v1/completions", "messages");
-      auto rendered = tokenizer.apply_chat_template(r.messages, /*add_generation_prompt=*/true);
-      if (!rendered.ok()) throw bad_request("chat template: " + rendered.error(), "messages");
-      const auto ids = tokenizer.encode(rendered.value(), /*add_special_tokens=*/false);
-      prompt.assign(ids.begin(), ids.end());
-    } else if (!r.prompt_ids.empty()) {
-      const int64_t vocab = engine.model().config().vocab_size;
-      for (int64_t id : r.prompt_ids)
-        if (id >= vocab)
-          throw bad_request("prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                            std::to_string(vocab) + ")", "prompt");
-      prompt = r.prompt_ids;
-    } else {
-      const auto ids = tokenizer.encode(r.prompt, /*add_special_tokens=*/true);
-      prompt.assign(ids.begin(), ids.end());
-    }
-    const int64_t n_prompt = static_cast<int64_t>(prompt.size());
-    if (n_prompt == 0) throw bad_request("the prompt has no tokens", chat ? "messages" : "prompt");
-    if (options.max_prompt_tokens > 0 && n_prompt > options.max_prompt_tokens)
-      throw api_error(400, "The prompt has " + std::to_string(n_prompt) + " tokens; this server accepts at most " +
-                               std::to_string(options.max_prompt_tokens) + " prompt tokens (--max-prompt-tokens)",
-                      "invalid_request_error", "context_length_exceeded");
-    const int64_t room = context_tokens - n_prompt;  // completion tokens that fit after the prompt
-    if (room < 1)
-      throw api_error(400, "This model's maximum context length is " + std::to_string(context_tokens) +
-                               " tokens, but the prompt has " + std::to_string(n_prompt) +
-                               " tokens; at most " + std::to_string(context_tokens - 1) +
-                               " prompt tokens fit (with one completion token)",
-                      "invalid_request_error", "context_length_exceeded");
-    int64_t max_tokens = 0;
-    if (r.max_tokens) {
-      max_tokens = *r.max_tokens;
-      if (max_tokens < 1) throw bad_request("'max_tokens' must be at least 1", "max_tokens");
-      if (max_tokens > options.max_tokens_limit)
-        throw bad_request("'max_tokens' is " + std::to_string(max_tokens) + "; this server allows at most " +
-                          std::to_string(options.max_tokens_limit) + " (--max-tokens-limit)", "max_tokens");
-      if (max_tokens > room)
-        throw api_error(400, "This model's maximum context length is " + std::to_string(context_tokens) +
-                                 " tokens; you requested " + std::to_string(n_prompt + max_tokens) + " tokens (" +
-                                 std::to_string(n_prompt) + " in the prompt, " + std::to_string(max_tokens) +
-                                 " for the completion): at most " + std::to_string(room) +
-                                 " completion tokens fit after this prompt",
-                        "invalid_request_error", "context_length_exceeded");
-    } else {
-      max_tokens = std::min({chat ? options.max_tokens_limit : options.default_completion_tokens,
-                             options.max_tokens_limit, room});
-    }
-
-    engine::Request& er = p.generation.request;
-    er.prompt = std::move(prompt);
-    er.max_new_tokens = max_tokens;
-    er.sampling.temperature = r.temperature;
-    er.sampling.top_p = r.top_p;
-    er.sampling.seed = r.seed ? *r.seed : std::random_device{}();
-    if (!r.ignore_eos) er.stop_ids = eos_ids;
-    er.top_logprobs = r.logprobs ? r.top_logprobs : 0;
-    p.generation.stop_strings = r.stop;
+    const GenerationLimits limits{context_tokens, options.max_prompt_tokens, options.max_tokens_limit,
+                                  options.default_completion_tokens, engine.model().config().vocab_size};
+    p.generation = make_generation_request(r, tokenizer, eos_ids, limits);
     p.header = {chat, random_id(chat ? "chatcmpl-" : "cmpl-"), unix_now(), options.model_name};
     return p;
   }
