@@ -13,10 +13,14 @@
 
 #include "hylo/infer/engine/cache_pool.h"
 #include "hylo/infer/engine/engine.h"
+#include "engine_test_util.h"
 #include "shared/tiny_models.h"
 
 namespace hylo::engine {
 namespace {
+
+using test::full_logits;
+using test::random_prompt;
 
 ModelConfig kernel_shaped_config(int64_t gdn_dim) {
   ModelConfig c = mixed_config();
@@ -28,36 +32,9 @@ ModelConfig kernel_shaped_config(int64_t gdn_dim) {
   return c;
 }
 
-// As engine_test.cpp: larger weights and slow decay, so every layer and the carried state matter.
+// Larger weights and slow decay, so every layer and the carried state matter (engine_test_util.h).
 std::unique_ptr<CausalLM> model_on(at::ScalarType dtype, at::Device device, int64_t gdn_dim) {
-  LoadOptions o;
-  o.dtype = dtype;
-  o.device = device;
-  auto model = CausalLM::random(kernel_shaped_config(gdn_dim), 31, o);
-  model->visit_parameters([](const std::string& name, at::Tensor& t) {
-    auto ends_with = [&](const std::string& tail) {
-      return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
-    };
-    if (ends_with("A_log")) t.fill_(std::log(0.01));
-    else if (ends_with("dt_bias")) t.fill_(-2.0);
-    else if (!ends_with("norm.weight") && !ends_with(".D")) t.mul_(10.0);
-  });
-  return model;
-}
-
-std::vector<int64_t> random_prompt(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int64_t> p(static_cast<size_t>(n));
-  for (auto& t : p) t = static_cast<int64_t>(rng() % 101);
-  return p;
-}
-
-at::Tensor full_logits(CausalLM& model, const std::vector<int64_t>& prompt, const std::vector<int64_t>& output) {
-  std::vector<int64_t> all = prompt;
-  all.insert(all.end(), output.begin(), output.end());
-  all.pop_back();
-  at::Tensor ids = at::tensor(all, at::kLong).unsqueeze(0).to(model.options().device());
-  return model.forward(ids)[0].to(at::kCPU, at::kDouble);  // [n, V]
+  return test::random_model(kernel_shaped_config(gdn_dim), dtype, 31, device);
 }
 
 double max_abs(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }

@@ -12,10 +12,14 @@
 #include "hylo/core/result.h"
 #include "hylo/infer/engine/cache_pool.h"
 #include "hylo/infer/engine/engine.h"
+#include "engine_test_util.h"
 #include "shared/tiny_models.h"
 
 namespace hylo::engine {
 namespace {
+
+using test::full_logits;
+using test::random_prompt;
 
 // fp64 models keep their recurrent state in fp64 too (the pools default to fp32 state).
 EngineOptions for_model(const CausalLM& model, EngineOptions o) {
@@ -23,29 +27,8 @@ EngineOptions for_model(const CausalLM& model, EngineOptions o) {
   return o;
 }
 
-// CausalLM::random draws every weight as 0.02 * N(0, 1), which makes the mixers' outputs tiny and the recurrent
-// layers forget within a few tokens (decay ~0.5 per token), so a wrong or missing state would hardly show. These
-// tests want every layer to matter and the state to carry far: weights 10x larger, decay ~0.999 per token.
 std::unique_ptr<CausalLM> mixed_model(at::ScalarType dtype, uint64_t seed = 17) {
-  LoadOptions o;
-  o.dtype = dtype;
-  auto model = CausalLM::random(mixed_config(), seed, o);
-  model->visit_parameters([](const std::string& name, at::Tensor& t) {
-    auto ends_with = [&](const std::string& tail) {
-      return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
-    };
-    if (ends_with("A_log")) t.fill_(std::log(0.01));           // A = -0.01
-    else if (ends_with("dt_bias")) t.fill_(-2.0);              // softplus(-2) = 0.13: decay exp(-0.0013)
-    else if (!ends_with("norm.weight") && !ends_with(".D")) t.mul_(10.0);
-  });
-  return model;
-}
-
-std::vector<int64_t> random_prompt(int64_t n, uint64_t seed, int64_t vocab = 101) {
-  std::mt19937_64 rng(seed);
-  std::vector<int64_t> p(static_cast<size_t>(n));
-  for (auto& t : p) t = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
-  return p;
+  return test::random_model(mixed_config(), dtype, seed);
 }
 
 EngineOptions small_options(int64_t page_size, int64_t chunk) {
@@ -65,15 +48,6 @@ EngineOptions with_pages(CausalLM& model, EngineOptions o, int64_t pages) {
   const MemoryPlan p = CachePools::plan(model, o);
   o.memory_bytes = p.bytes_per_slot * p.num_slots + p.bytes_per_page * pages;
   return o;
-}
-
-// Full forward over every token the engine ran (prompt + output except the last generated token).
-at::Tensor full_logits(CausalLM& model, const std::vector<int64_t>& prompt, const std::vector<int64_t>& output) {
-  std::vector<int64_t> all = prompt;
-  all.insert(all.end(), output.begin(), output.end());
-  all.pop_back();
-  at::Tensor ids = at::tensor(all, at::kLong).unsqueeze(0);
-  return model.forward(ids)[0].to(at::kDouble);  // [n, V]
 }
 
 double max_rel_diff(const at::Tensor& a, const at::Tensor& b) {
