@@ -94,7 +94,7 @@ DecodeStepRows DecodeStepRows::from_batch(const StepBatch& batch, const std::vec
     if (page >= s.pages.size())
       fail("from_batch: position " + std::to_string(s.start) + " is past the sequence's " +
            std::to_string(s.pages.size()) + " pages");
-    rows.write_rows.push_back(int64_t(s.pages[page]) * batch.page_size + s.start % batch.page_size);
+    rows.write_rows.push_back(cache_row(s.pages, s.start, batch.page_size));
     rows.pages.push_back(s.pages);
   }
   return rows;

@@ -26,8 +26,7 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 // Bucketed decode (CUDA graphs) sets one live slot aside for padding rows; the pools get one more so that
 // max_sequences sequences still run at once.
 static EngineOptions with_scratch_slot(const CausalLM& model, EngineOptions o) {
-  const bool cuda = model.options().device().is_cuda();
-  if ((cuda && o.cuda_graphs) || (!cuda && o.bucketed_decode_on_cpu)) o.max_sequences += 1;
+  if (uses_bucketed_decode(model, o)) o.max_sequences += 1;
   return o;
 }
 

@@ -18,23 +18,23 @@ uint64_t mix(uint64_t h, int64_t token) {
 
 PrefixCache::~PrefixCache() { clear(); }
 
-uint64_t PrefixCache::key_at(std::span<const int64_t> tokens, int64_t length) const {
+std::vector<uint64_t> PrefixCache::boundary_keys(std::span<const int64_t> tokens, int64_t length) const {
+  // The key of a prefix depends only on its tokens: a running FNV-1a over them, closed by the length.
+  const int64_t ps = pools_.page_size();
+  std::vector<uint64_t> keys;
   uint64_t h = 14695981039346656037ull;
-  for (int64_t i = 0; i < length; ++i) h = mix(h, tokens[static_cast<size_t>(i)]);
-  return mix(h, length);
+  for (int64_t i = 0; i < (length / ps) * ps; ++i) {
+    h = mix(h, tokens[static_cast<size_t>(i)]);
+    if ((i + 1) % ps == 0) keys.push_back(mix(h, i + 1));
+  }
+  return keys;
 }
 
 PrefixCache::Hit PrefixCache::lookup(std::span<const int64_t> tokens, int64_t limit) {
   Hit hit;
   const int64_t ps = pools_.page_size();
   limit = std::min<int64_t>(limit, static_cast<int64_t>(tokens.size()));
-  // Keys of every page boundary in one pass (the key of a prefix depends only on its tokens), then longest first.
-  std::vector<uint64_t> keys;
-  uint64_t h = 14695981039346656037ull;
-  for (int64_t i = 0; i < (limit / ps) * ps; ++i) {
-    h = mix(h, tokens[static_cast<size_t>(i)]);
-    if ((i + 1) % ps == 0) keys.push_back(mix(h, i + 1));
-  }
+  const std::vector<uint64_t> keys = boundary_keys(tokens, limit);  // longest first below
   for (int64_t length = (limit / ps) * ps; length > 0; length -= ps) {
     auto it = entries_.find(keys[static_cast<size_t>(length / ps - 1)]);
     if (it == entries_.end()) continue;
@@ -57,7 +57,7 @@ void PrefixCache::insert(std::span<const int64_t> tokens, int64_t length, std::s
   if (length <= 0 || length % ps != 0 || static_cast<int64_t>(tokens.size()) < length ||
       static_cast<int64_t>(pages.size()) < length / ps)
     return;
-  const uint64_t key = key_at(tokens, length);
+  const uint64_t key = boundary_keys(tokens, length).back();
   auto found = entries_.find(key);
   if (found != entries_.end()) {
     found->second.last_used = ++clock_;

@@ -48,7 +48,8 @@ class PrefixCache {
     int64_t snapshot = -1;
     uint64_t last_used = 0;
   };
-  uint64_t key_at(std::span<const int64_t> tokens, int64_t length) const;
+  // Keys of the prefixes tokens[0, k * page_size) for k = 1 .. length / page_size, from one pass over the tokens.
+  std::vector<uint64_t> boundary_keys(std::span<const int64_t> tokens, int64_t length) const;
   void drop(std::unordered_map<uint64_t, Entry>::iterator it);
 
   CachePools& pools_;

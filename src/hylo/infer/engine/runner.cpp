@@ -13,12 +13,15 @@ bool wants_last_row(const ScheduledChunk& c) {
   return c.seq->num_cached + c.count == static_cast<int64_t>(c.seq->tokens.size());
 }
 
+bool uses_bucketed_decode(const CausalLM& model, const EngineOptions& options) {
+  return model.options().device().is_cuda() ? options.cuda_graphs : options.bucketed_decode_on_cpu;
+}
+
 Runner::Runner(CausalLM& model, CachePools& pools, const EngineOptions& options) : model_(model), pools_(pools) {
   for (int64_t i = 0; i < model_.num_blocks(); ++i)
     layers_.push_back(make_engine_layer(model_.mixer(i), pools_.layer(i), pools_.page_size()));
-  const bool cuda = model_.options().device().is_cuda();
-  use_graphs_ = cuda && options.cuda_graphs;
-  bucketed_ = use_graphs_ || (!cuda && options.bucketed_decode_on_cpu);
+  bucketed_ = uses_bucketed_decode(model_, options);
+  use_graphs_ = bucketed_ && model_.options().device().is_cuda();
   if (bucketed_) {
     scratch_ = pools_.reserve_scratch();
     max_graph_batch_ = std::min<int64_t>(pools_.live_slots(), 256);
@@ -44,8 +47,7 @@ StepBatch Runner::build_batch(const StepPlan& plan, std::vector<int64_t>& ids) c
     for (int64_t p = s.num_cached; p < s.num_cached + c.count; ++p) {
       ids.push_back(s.tokens[static_cast<size_t>(p)]);
       positions.push_back(p);
-      const int64_t page = s.pages.empty() ? 0 : s.pages[static_cast<size_t>(p / b.page_size)];
-      write_rows.push_back(page * b.page_size + p % b.page_size);
+      write_rows.push_back(cache_row(s.pages, p, b.page_size));
     }
     slots.push_back(std::max<int64_t>(s.slot, 0));
     lengths.push_back(s.num_cached + c.count);
@@ -93,7 +95,7 @@ StepOutput Runner::run_decode_bucketed(const StepPlan& plan) {
     rows.ids.push_back(s.tokens[static_cast<size_t>(pos)]);
     rows.positions.push_back(pos);
     rows.slots.push_back(std::max<int64_t>(s.slot, 0));
-    rows.write_rows.push_back(s.pages.empty() ? 0 : s.pages[static_cast<size_t>(pos / ps)] * ps + pos % ps);
+    rows.write_rows.push_back(cache_row(s.pages, pos, ps));
     rows.lengths.push_back(static_cast<int32_t>(pos + 1));
     rows.pages.push_back(s.pages);
     need_pages = std::max(need_pages, s.pages.size());

@@ -57,6 +57,9 @@ class Runner {
 // Whether the chunk's every position needs logits (prompt log-probs or kept logits), and whether its last does
 // (the chunk reaches the end of the sequence's tokens, so the next token is chosen from it).
 bool wants_all_rows(const ScheduledChunk& chunk);
+// Whether decode steps go through DecodeGraphs' buckets: CUDA graphs on a CUDA device, or the eager bucketed path
+// that tests ask for on the CPU. The engine sizes its pools (one scratch slot more) by the same answer.
+bool uses_bucketed_decode(const CausalLM& model, const EngineOptions& options);
 bool wants_last_row(const ScheduledChunk& chunk);
 
 }  // namespace hylo::engine

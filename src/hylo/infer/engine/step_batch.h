@@ -18,6 +18,13 @@ struct SeqChunk {
   std::vector<int32_t> pages;  // page table, covering at least start + count tokens (paged layers)
 };
 
+// The flat row (page * page_size + offset in the page) where token `position` of a sequence with page table
+// `pages` lives in every paged layer's cache; 0 for a model without paged layers (no pages).
+inline int64_t cache_row(const std::vector<int32_t>& pages, int64_t position, int64_t page_size) {
+  if (pages.empty()) return 0;
+  return int64_t{pages[static_cast<size_t>(position / page_size)]} * page_size + position % page_size;
+}
+
 struct StepBatch {
   std::vector<SeqChunk> seqs;  // decode sequences (count 1) first, then prefill chunks
   int64_t num_tokens = 0;      // N = sum of counts
