@@ -208,25 +208,6 @@ TEST(SentencePieceStyle, ByteFallbackAndStreaming) {
   EXPECT_EQ(streamed, full);
 }
 
-// A long run of byte tokens that never forms a character is emitted as it decodes after a few tokens instead of
-// being held (and re-decoded on every push) to the end: the stream stays valid UTF-8 and keeps moving.
-TEST(SentencePieceStyle, InvalidByteRunIsNotHeldForever) {
-  auto tok = Tokenizer::from_json_string(kSpmJson).value_or_throw();
-  StreamDecoder sd(tok, false);
-  std::string streamed;
-  size_t last_growth = 0;
-  for (size_t i = 0; i < 200; ++i) {
-    const std::string piece = sd.push(i % 2 ? 5 : 6);  // <0xE2> <0x82> ... never completes a character
-    EXPECT_TRUE(utf8_valid(piece));
-    if (!piece.empty()) last_growth = i;
-    streamed += piece;
-  }
-  EXPECT_GE(last_growth, 190u);  // still emitting near the end of the run
-  EXPECT_NE(streamed.find(kFffd), std::string::npos);
-  streamed += sd.flush();
-  EXPECT_TRUE(utf8_valid(streamed));
-}
-
 TEST(Errors, BrokenJsonNamesTheProblem) {
   auto r = Tokenizer::from_json_string("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
   ASSERT_FALSE(r.ok());

@@ -342,16 +342,10 @@ std::string StreamDecoder::push(int32_t id) {
   // Text ending in U+FFFD may be a character whose remaining bytes come with the next token: wait for it.
   // A window that no longer starts with the emitted text (a byte-fallback run that turned invalid, which decodes
   // to U+FFFD per byte as a whole) waits too: cutting it at prefix_.size() could split a character.
-  const bool consistent = text.compare(0, prefix_.size(), prefix_) == 0;
-  const bool incomplete = (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) || !consistent;
-  // A character spans at most 4 byte tokens, so a run held longer than that will not turn valid: emit what it gives
-  // now. Without this bound a long invalid byte run grows the window without end and every push re-decodes it
-  // (quadratic; the fuzzer found a 5 KB input taking 30 s). Tokens that add no text (skipped special tokens) stay
-  // held, so the next word still decodes with its real context (SentencePiece's leading space).
-  if (incomplete && ids_.size() - read_index_ <= kMaxHeldIds) return {};
-  if (!incomplete && text.size() <= prefix_.size()) return {};
-  std::string fresh = consistent ? text.substr(prefix_.size())
-                                 : tok_.decode(std::span<const int32_t>(ids_).subspan(read_index_), skip_special_);
+  if (text.size() <= prefix_.size() || (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) ||
+      text.compare(0, prefix_.size(), prefix_) != 0)
+    return {};
+  std::string fresh = text.substr(prefix_.size());
   // The emitted ids become the decoding context of the next window.
   prefix_index_ = read_index_;
   read_index_ = ids_.size();

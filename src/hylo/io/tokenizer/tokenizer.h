@@ -75,9 +75,6 @@ class StreamDecoder {
   // been emitted and decode to prefix_; new text is decode(ids_[prefix_index_..]) minus prefix_.
   std::size_t prefix_index_ = 0, read_index_ = 0;
   std::string prefix_;
-  // Most ids held back waiting for a character to complete (an invalid byte run is emitted as it decodes after
-  // this many, so the window, and the work per push, stay bounded).
-  static constexpr std::size_t kMaxHeldIds = 8;
 };
 
 }  // namespace hylo::tok
