@@ -3,7 +3,9 @@
 // student/teacher pair of given shapes with random weights, and the peak memory of the KL alone, logit-free
 // versus the naive full-logit form (the baseline, measured in the same run).
 //
-//   train_step --pair smollm2|llama1b-8b --seq T [--steps N] [--device cuda] [--kl-only] [--plan PLAN.yaml] [--phases]
+//   train_step --pair smollm2|llama1b-8b --seq T [--batch B] [--steps N] [--device cuda] [--kl-only] [--plan PLAN.yaml]
+//              [--phases]
+// --batch: sequences per step (one micro-batch of B x T tokens; default 1).
 // --phases: before the measured steps, one KD forward/backward written out phase by phase (a mirror of
 // train::kd_forward_backward) printing the allocator's peak per phase, to show what dominates the step's peak.
 // smollm2:    student SmolLM2-135M -> 6MLA24GDN (recipes/plans/smollm2-135m-6mla24gdn.yaml), teacher SmolLM2-135M.
@@ -74,7 +76,7 @@ double gib(double b) { return b / (1024.0 * 1024.0 * 1024.0); }
 
 int main(int argc, char** argv) {
   std::string pair = "smollm2", device = "cuda", plan_path;
-  int64_t seq = 2048, steps = 3;
+  int64_t seq = 2048, steps = 3, batch = 1;
   bool kl_only = false, ild = false, phases = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -88,6 +90,7 @@ int main(int argc, char** argv) {
     if (a == "--pair") pair = next();
     else if (a == "--seq") seq = std::stoll(next());
     else if (a == "--steps") steps = std::stoll(next());
+    else if (a == "--batch") batch = std::stoll(next());
     else if (a == "--device") device = next();
     else if (a == "--plan") plan_path = next();
     else if (a == "--kl-only") kl_only = true;
@@ -97,6 +100,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
     }
+  }
+  if (batch < 1 || seq < 1 || steps < 1) {
+    std::fprintf(stderr, "--batch, --seq and --steps must be >= 1\n");
+    return 2;
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a pipe as they are printed (a killed run keeps them)
   const at::Device dev = parse_device(device);
@@ -173,9 +180,9 @@ int main(int argc, char** argv) {
   train::AdamW opt(params, {});
   at::Generator g = at::detail::createCPUGenerator(3);
   train::PackedBatch b;
-  b.ids = at::randint(0, student_cfg.vocab_size, {1, seq}, g, at::TensorOptions().dtype(at::kLong));
-  b.loss_mask = at::ones({1, seq}, at::kFloat);
-  b.doc_start = at::zeros({1, seq}, at::kBool);
+  b.ids = at::randint(0, student_cfg.vocab_size, {batch, seq}, g, at::TensorOptions().dtype(at::kLong));
+  b.loss_mask = at::ones({batch, seq}, at::kFloat);
+  b.doc_start = at::zeros({batch, seq}, at::kBool);
   const double norm = train::counted_tokens(st, b);
   sync(dev);
   const double weights_gib = gib(peak_bytes(dev));
@@ -229,10 +236,11 @@ int main(int argc, char** argv) {
     if (s >= warmups) total_secs += secs;
     std::printf("step %lld: %.3f s\n", static_cast<long long>(s), secs);
   }
-  std::printf("| pair | T | student params | tokens/s | peak GiB (whole step) | weights+state GiB before |\n");
-  std::printf("|---|---|---|---|---|---|\n");
-  std::printf("| %s%s | %lld | %.1fM | %.0f | %.2f | %.2f |\n", pair.c_str(), ild ? " (ILD)" : " (KD)", static_cast<long long>(seq),
-              static_cast<double>(parameter_count(student_cfg)) / 1e6,
-              static_cast<double>(seq * steps) / std::max(total_secs, 1e-9), gib(peak_bytes(dev)), weights_gib);
+  std::printf("| pair | B x T | student params | s/step | tokens/s | peak GiB (whole step) | weights+state GiB before |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  std::printf("| %s%s | %lld x %lld | %.1fM | %.3f | %.0f | %.2f | %.2f |\n", pair.c_str(), ild ? " (ILD)" : " (KD)",
+              static_cast<long long>(batch), static_cast<long long>(seq),
+              static_cast<double>(parameter_count(student_cfg)) / 1e6, total_secs / static_cast<double>(steps),
+              static_cast<double>(batch * seq * steps) / std::max(total_secs, 1e-9), gib(peak_bytes(dev)), weights_gib);
   return 0;
 }

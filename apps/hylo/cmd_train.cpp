@@ -1,7 +1,10 @@
 // hylo train --recipe R.yaml --out DIR [--resume] [--device cpu|cuda] [--max-steps N] [--stop-after N] [--quiet]
-//            [--nproc N] [--no-zero1] [--bucket-mb MB]
+//            [--stage NAME ...] [--nproc N] [--no-zero1] [--bucket-mb MB]
+// SIGINT or SIGTERM stops at the end of the current optimizer step with a checkpoint (a second one kills).
 // Runs the recipe's stages (ILD, assemble, KD) in order; see src/hylo/train/trainer.h for what lands in DIR and
 // docs/training.md for the recipe format. The recipe and every input path are checked before any work.
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 
@@ -18,12 +21,24 @@ namespace {
 
 struct TrainArgs {
   std::string recipe, out, device = "cpu";
+  std::vector<std::string> stages;
   bool resume = false, quiet = false;
   int64_t max_steps = 0, stop_after = 0;
   int nproc = 1;
   bool no_zero1 = false;
   double bucket_mb = 25;
 };
+
+// Set by the first SIGINT/SIGTERM: the trainer checkpoints at the end of its step and returns. The handler then
+// restores the default action, so a second signal ends the process at once.
+std::atomic<bool> g_stop_requested{false};
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void request_stop(int signo) {
+  g_stop_signal = signo;
+  g_stop_requested.store(true);
+  std::signal(signo, SIG_DFL);
+}
 
 // --nproc N > 1: this process only launches N ranks (this same command line without --nproc) and waits;
 // see train/distributed_launch.h. A rank that dies ends the job, and the message names it.
@@ -57,6 +72,10 @@ int run_train(const TrainArgs& a) {
   if (a.max_steps > 0) o.max_steps = a.max_steps;
   if (a.stop_after > 0) o.stop_after = a.stop_after;
   o.progress = !a.quiet;
+  o.only_stages = a.stages;
+  o.stop_requested = &g_stop_requested;
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
   train::RunSummary summary;
   train::run_recipe(recipe, o, &summary).value_or_throw();
   if (rank.hooks && rank.hooks->rank() == 0) {
@@ -68,6 +87,12 @@ int run_train(const TrainArgs& a) {
                  rank.hooks->world(), rank.hooks->group().backend_name().c_str(), a.no_zero1 ? "off" : "on",
                  static_cast<long long>(g.buckets_launched_in_backward),
                  static_cast<long long>(g.buckets_launched_in_finish), g.exposed_wait_seconds);
+  }
+  if (summary.stopped && g_stop_requested.load()) {
+    const int signo = static_cast<int>(g_stop_signal);
+    std::fprintf(stderr, "stopped by %s with a checkpoint; continue with --resume\n",
+                 signo == SIGINT ? "SIGINT" : "SIGTERM");
+    return 128 + signo;  // the shell's convention for "ended by this signal", so scripts see an unfinished run
   }
   if (summary.stopped)
     std::fprintf(stderr, "stopped after --stop-after %lld steps; continue with --resume\n",
@@ -88,6 +113,9 @@ CommandRun setup(CLI::App& app) {
                  "stop after N steps of the current stage with a checkpoint, as if killed (resume with --resume)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   app.add_flag("--quiet", a->quiet, "no progress bar");
+  app.add_option("--stage", a->stages,
+                 "run only this stage (repeatable); the stages it takes models from must be done or named too. "
+                 "Independent stages (the two Stage-I stages) can so run as separate processes side by side");
   app.add_option("--nproc", a->nproc, "data parallel: run N ranks on this host (Gloo on CPU, NCCL with one GPU each)")
       ->check(CLI::Range(1, 4096));
   app.add_flag("--no-zero1", a->no_zero1, "data parallel: every rank keeps the whole optimizer state (default: ZeRO-1)");

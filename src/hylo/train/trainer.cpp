@@ -368,9 +368,12 @@ Result<bool> run_training_stage(const Stage& st, size_t index, size_t count, con
     state.step += 1;
     state.tokens += st.batch * st.seq_len;
     state.loader = loader.state();
-    at::Tensor l = at::full({1}, loss, at::kDouble);
+    // The loss sum and "some rank was asked to stop" travel in one all-reduce, so every rank stops at this step.
+    const bool asked = opt.stop_requested && opt.stop_requested->load();
+    at::Tensor l = at::tensor({loss, asked ? 1.0 : 0.0}, at::kDouble);
     hooks.all_reduce_sum(l);
     loss = l[0].item<double>();
+    const bool signalled = l[1].item<double>() > 0;
     window_loss += loss;
     window_steps += 1;
 
@@ -392,7 +395,8 @@ Result<bool> run_training_stage(const Stage& st, size_t index, size_t count, con
       window_steps = 0;
     }
     if ((st.eval_every > 0 && state.step % st.eval_every == 0) || state.step == total) eval_and_plot(state.step);
-    const bool stop = opt.stop_after && state.step - start_step >= *opt.stop_after && state.step < total;
+    const bool stop =
+        state.step < total && (signalled || (opt.stop_after && state.step - start_step >= *opt.stop_after));
     if ((state.step % st.checkpoint_every == 0 && state.step < total) || stop) {
       TrainState save = state;
       save.elapsed_seconds += secs;
@@ -400,6 +404,9 @@ Result<bool> run_training_stage(const Stage& st, size_t index, size_t count, con
     }
     if (stop) {
       if (bar) bar->finish();
+      if (rank == 0 && opt.progress)
+        std::fprintf(stderr, "[%s] stopped at step %lld of %lld, checkpoint in %s\n", st.name.c_str(),
+                     static_cast<long long>(state.step), static_cast<long long>(total), state_dir.string().c_str());
       hooks.detach();
       return false;
     }
@@ -418,13 +425,58 @@ Result<bool> run_training_stage(const Stage& st, size_t index, size_t count, con
 
 }  // namespace
 
+namespace {
+
+bool stage_done(const fs::path& out, const std::string& name) {
+  std::error_code ec;
+  return fs::exists(out / name / "final" / "config.json", ec);
+}
+
+// --stage: every named stage exists, and every stage it takes a model from is done or named before it.
+Status check_only_stages(const Recipe& recipe, const TrainOptions& opt) {
+  std::vector<std::string> picked;
+  for (const Stage& st : recipe.stages) {
+    bool named = false;
+    for (const auto& n : opt.only_stages) named = named || n == st.name;
+    if (!named) continue;
+    for (const ModelRef* ref : {&st.student, &st.teacher, &st.from_mla, &st.from_linear}) {
+      if (ref->stage.empty() || stage_done(opt.out, ref->stage)) continue;
+      bool earlier = false;
+      for (const auto& p : picked) earlier = earlier || p == ref->stage;
+      if (!earlier)
+        return make_error(recipe.source.string() + ": stage " + st.name + " takes a model from stage " + ref->stage +
+                          ", which is not done in " + opt.out.string() + " and not named by --stage before it");
+    }
+    std::error_code ec;
+    if (!opt.resume && fs::exists(opt.out / st.name, ec) && !fs::is_empty(opt.out / st.name, ec))
+      return make_error((opt.out / st.name).string() + ": exists and is not empty; pass --resume to continue "
+                        "that stage, or choose another --out");
+    picked.push_back(st.name);
+  }
+  for (const auto& n : opt.only_stages) {
+    bool found = false;
+    for (const Stage& st : recipe.stages) found = found || st.name == n;
+    if (!found) {
+      std::string names;
+      for (const Stage& st : recipe.stages) names += (names.empty() ? "" : ", ") + st.name;
+      return make_error(recipe.source.string() + ": --stage " + n + ": no such stage (the recipe has " + names + ")");
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 Status run_recipe(const Recipe& recipe, const TrainOptions& opt, RunSummary* summary) {
   SyncHooks& hooks = opt.hooks ? *opt.hooks : single_process();
   HYLO_CHECK_OK(check_recipe_paths(recipe));
   std::error_code ec;
-  if (!opt.resume && fs::exists(opt.out, ec) && !fs::is_empty(opt.out, ec))
+  if (!opt.only_stages.empty()) {
+    HYLO_CHECK_OK(check_only_stages(recipe, opt));
+  } else if (!opt.resume && fs::exists(opt.out, ec) && !fs::is_empty(opt.out, ec)) {
     return make_error(opt.out.string() + ": exists and is not empty; pass --resume to continue that run, or choose "
                       "another --out");
+  }
   if (hooks.rank() == 0) {
     fs::create_directories(opt.out, ec);
     if (ec) return make_error(opt.out.string() + ": cannot create: " + ec.message());
@@ -432,7 +484,10 @@ Status run_recipe(const Recipe& recipe, const TrainOptions& opt, RunSummary* sum
   hooks.barrier();
   for (size_t i = 0; i < recipe.stages.size(); ++i) {
     const Stage& st = recipe.stages[i];
-    if (fs::exists(opt.out / st.name / "final" / "config.json", ec)) {
+    bool named = opt.only_stages.empty();
+    for (const auto& n : opt.only_stages) named = named || n == st.name;
+    if (!named) continue;
+    if (stage_done(opt.out, st.name)) {
       if (opt.progress && hooks.rank() == 0)
         std::fprintf(stderr, "[%zu/%zu] %s: done earlier (%s)\n", i + 1, recipe.stages.size(), st.name.c_str(),
                      (opt.out / st.name / "final").string().c_str());

@@ -10,8 +10,10 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <optional>
 #include <vector>
 
@@ -32,10 +34,16 @@ struct TrainOptions {
                                       // planned kill, for resume tests); the stage stays unfinished
   bool progress = true;
   SyncHooks* hooks = nullptr;         // nullptr: one process
+  // Set (by a SIGINT/SIGTERM handler) to stop at the end of the current optimizer step with a checkpoint, as
+  // stop_after does; any rank's flag stops every rank at the same step.
+  const std::atomic<bool>* stop_requested = nullptr;
+  // Non-empty: run only these stages (by name), e.g. the two independent Stage-I stages as two processes side by
+  // side. Stages they take models from must be done already or be named too; the others are left alone.
+  std::vector<std::string> only_stages;
 };
 
 struct RunSummary {
-  bool stopped = false;                     // stop_after hit
+  bool stopped = false;                     // stop_after or stop_requested hit; the stage can be resumed
   std::vector<std::string> finished_stages; // stages that ran to their end in this call
 };
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <random>
 #include <set>
@@ -89,12 +90,15 @@ stages:
   }
   ~Fixture() { (void)remove_tree(root); }
 
-  RunSummary run(const fs::path& out, bool resume, std::optional<int64_t> stop_after) {
+  RunSummary run(const fs::path& out, bool resume, std::optional<int64_t> stop_after,
+                 std::vector<std::string> only = {}, const std::atomic<bool>* stop_requested = nullptr) {
     TrainOptions o;
     o.out = out;
     o.resume = resume;
     o.stop_after = stop_after;
     o.progress = false;
+    o.only_stages = std::move(only);
+    o.stop_requested = stop_requested;
     RunSummary s;
     run_recipe(recipe, o, &s).value_or_throw();
     return s;
@@ -152,6 +156,54 @@ TEST(Resume, StoppedAndResumedRunIsBitIdentical) {
     EXPECT_GE(heldout, 3);  // steps 0, 2, 4, 5
     EXPECT_TRUE(fs::exists(run / "kd" / "loss.svg"));
   }
+}
+
+void expect_same_params(const fs::path& a, const fs::path& b) {
+  auto pa = params_of(a), pb = params_of(b);
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto& [name, t] : pa) EXPECT_TRUE(at::equal(t, pb.at(name))) << a << " " << name;
+}
+
+// What SIGINT/SIGTERM does in `hylo train` (the handler sets the flag): the step in flight ends, a checkpoint is
+// written, the stage stays unfinished, and --resume continues to the same parameters as a run never stopped.
+TEST(Resume, StopRequestCheckpointsAndResumesBitIdentical) {
+  Fixture f("signal");
+  f.run(f.root / "a", false, std::nullopt);
+  std::atomic<bool> stop{true};  // already set: the first step of the first stage is the last one
+  RunSummary b1 = f.run(f.root / "b", false, std::nullopt, {}, &stop);
+  EXPECT_TRUE(b1.stopped);
+  EXPECT_TRUE(b1.finished_stages.empty());
+  EXPECT_TRUE(fs::exists(f.root / "b" / "ild" / "train_state" / "state.json"));
+  EXPECT_EQ(nlohmann::json::parse(read_text_file(f.root / "b" / "ild" / "train_state" / "state.json").value_or_throw())
+                .at("step")
+                .get<int64_t>(),
+            1);
+  RunSummary b2 = f.run(f.root / "b", true, std::nullopt);
+  EXPECT_EQ(b2.finished_stages, (std::vector<std::string>{"ild", "kd"}));
+  expect_same_params(f.root / "a" / "kd" / "final", f.root / "b" / "kd" / "final");
+}
+
+// --stage: a stage run on its own (as two independent Stage-I stages run side by side) gives what the whole run
+// gives; a stage whose input stage is not done, or an unknown name, is refused before any work.
+TEST(Resume, OnlyStagesRunAloneEqualTheWholeRun) {
+  Fixture f("only");
+  f.run(f.root / "a", false, std::nullopt);
+  auto refused = [&](std::vector<std::string> only, const std::string& what) {
+    TrainOptions o;
+    o.out = f.root / "b";
+    o.progress = false;
+    o.only_stages = std::move(only);
+    auto st = run_recipe(f.recipe, o);
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.error().find(what), std::string::npos) << st.error();
+  };
+  refused({"kd"}, "takes a model from stage ild");
+  refused({"nope"}, "--stage nope: no such stage (the recipe has ild, kd)");
+  EXPECT_EQ(f.run(f.root / "b", false, std::nullopt, {"ild"}).finished_stages, (std::vector<std::string>{"ild"}));
+  EXPECT_FALSE(fs::exists(f.root / "b" / "kd"));
+  refused({"ild"}, "exists and is not empty");  // ild/ is there: only --resume may touch it (it is done: skipped)
+  EXPECT_EQ(f.run(f.root / "b", false, std::nullopt, {"kd"}).finished_stages, (std::vector<std::string>{"kd"}));
+  expect_same_params(f.root / "a" / "kd" / "final", f.root / "b" / "kd" / "final");
 }
 
 TEST(Resume, NonEmptyOutWithoutResumeIsRefused) {
