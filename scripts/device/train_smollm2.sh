@@ -11,9 +11,10 @@
 #        optimizer step of the recipe's shapes (train_step, random weights): KD at 8 and 16 x 2K, ILD at 8 x 2K
 #        alone and two at once (the two Stage-I stages run side by side).
 #   call 2 (carry .devwork/train-2):  bash scripts/device/train_smollm2.sh start [SECONDS]
-#        reassembles the teacher, adds teacher-sampled text to the dataset, upcycles the two Stage-I models, sizes
-#        the recipe's token budgets from the measured step times so the training takes TRAIN_SECONDS (default 900),
-#        and starts the run in its own session (it outlives the call while the machine is held); then waits.
+#        reassembles the teacher, adds teacher-sampled text to the dataset, upcycles the two Stage-I models and
+#        starts the run of recipes/train/smollm2-135m-6mla24gdn.yaml in its own session (it outlives the call while
+#        the machine is held); then waits. With SIZE_FROM_RATES=1 the recipe's batch and token budgets are first
+#        resized from the measured step times so that the training takes TRAIN_SECONDS (default 900).
 #   calls 3+:                         bash scripts/device/train_smollm2.sh wait [SECONDS]
 #        waits up to SECONDS (default 560) for the run, printing progress; when it has finished, packs the metrics,
 #        plots, logs, the recipe used and the evaluation into $OUT/train-smollm2.tar.gz.
@@ -37,7 +38,8 @@ build() {
   cp "$root/build/cuda-release/bin/hylo" "$c1/hylo" && strip "$c1/hylo"
   cp "$(find "$root/build/cuda-release" -name train_step -type f -perm -u+x | head -n1)" "$c1/train_step" &&
     strip "$c1/train_step"
-  cp -L /lib/x86_64-linux-gnu/libyaml-cpp.so.0.7 /lib/x86_64-linux-gnu/libpcre2-8.so.0 "$c1/"
+  cp -L /lib/x86_64-linux-gnu/libyaml-cpp.so.0.7 /lib/x86_64-linux-gnu/libpcre2-8.so.0 \
+    /lib/x86_64-linux-gnu/libcpp-httplib.so.0.11 "$c1/"
   git -C "$root" rev-parse --short HEAD > "$c1/commit.txt"
   # The teacher in two parts: as much as fits beside the binaries in call 1, the rest beside the text in call 2.
   local teacher="$HYLO_TEACHER_GGUF" used room
@@ -135,30 +137,46 @@ print(f"ILD {ild_steps} steps of 8 x {seq} each (side by side), KD {kd_steps} st
 PY
 }
 
+# The recipe the run uses: the shipped one, or the one size_recipe wrote.
+recipe() {
+  if [[ -f "$W/recipe.yaml" ]]; then echo "$W/recipe.yaml"; else echo "$root/recipes/train/smollm2-135m-6mla24gdn.yaml"; fi
+}
+
 # The whole run, in its own session: Stage I side by side, then assembly and KD, then the evaluation.
 driver() {
   device_env
   cd "$W" || exit 1
   local hylo="$W/bin/hylo" rc=0
   say "Stage I: ild-mla and ild-linear side by side" >> "$W/driver.log"
-  "$hylo" train --recipe "$W/recipe.yaml" --out "$W/run" --device cuda --stage ild-mla > "$W/ild-mla.log" 2>&1 &
+  "$hylo" train --recipe "$(recipe)" --out "$W/run" --device cuda --stage ild-mla > "$W/ild-mla.log" 2>&1 &
   local a=$!
-  "$hylo" train --recipe "$W/recipe.yaml" --out "$W/run" --device cuda --stage ild-linear > "$W/ild-linear.log" 2>&1
+  "$hylo" train --recipe "$(recipe)" --out "$W/run" --device cuda --stage ild-linear > "$W/ild-linear.log" 2>&1
   rc=$?
   wait "$a" || rc=$?
   say "Stage I exit $rc" >> "$W/driver.log"
   if (( rc == 0 )); then
-    "$hylo" train --recipe "$W/recipe.yaml" --out "$W/run" --device cuda --resume > "$W/kd.log" 2>&1
+    "$hylo" train --recipe "$(recipe)" --out "$W/run" --device cuda --resume > "$W/kd.log" 2>&1
     rc=$?
     say "assemble + KD exit $rc" >> "$W/driver.log"
   fi
+  local last
+  last=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['stages'][-1]['name'])" "$(recipe)")
   if (( rc == 0 )); then
     # The held-out text (never trained on), 2K windows, fp32: the hybrid and its teacher in the same run.
-    "$hylo" eval --model "$W/run/kd/final" --name smollm2-6mla24gdn-distilled --model "$W/teacher.gguf" \
+    "$hylo" eval --model "$W/run/$last/final" --name "smollm2-6mla24gdn-$last" --model "$W/teacher.gguf" \
       --name smollm2-135m-teacher --text "$W/text/heldout.txt" --context 2048 --dtype fp32 --device cuda \
       --out "$W/eval" > "$W/eval.log" 2>&1
     rc=$?
     say "eval exit $rc" >> "$W/driver.log"
+    # What the text looks like: greedy continuations of three held-out openings, hybrid and teacher.
+    local m
+    for m in "$W/run/$last/final" "$W/teacher.gguf"; do
+      for p in "Call me Ishmael. Some years ago" "The whale" "It was a dark night, and the sea"; do
+        printf '== %s | %s\n' "$(basename "$(dirname "$m")")/$(basename "$m")" "$p"
+        "$hylo" generate "$m" --prompt "$p" --greedy --max-new-tokens 48 --device cuda 2>/dev/null
+        echo
+      done
+    done > "$W/samples.txt"
   fi
   echo "$rc" > "$W/DONE"
 }
@@ -166,7 +184,7 @@ driver() {
 progress() {
   say "$(cat "$W/driver.log" 2>/dev/null | tail -n 3 | tr '\n' ' ')"
   local f
-  for f in ild-mla ild-linear kd; do
+  for f in ild-mla ild-linear kd; do   # kd.log: assembly and every KD stage
     [[ -f "$W/$f.log" ]] && say "$f: $(tr '\r' '\n' < "$W/$f.log" | grep -v '^\s*$' | tail -n 1 | cut -c1-200)"
   done
 }
@@ -174,16 +192,18 @@ progress() {
 pack() {
   local out="${OUT:-$W/out}" d="$W/pack"
   rm -rf "$d"; mkdir -p "$d" "$out"
-  cp "$W"/recipe.yaml "$W"/rates.json "$W"/measure.log "$W"/machine.txt "$W"/driver.log "$W"/*.log "$d/" 2>/dev/null
-  for s in ild-mla ild-linear kd; do
+  cp "$(recipe)" "$W"/rates.json "$W"/measure.log "$W"/machine.txt "$W"/samples.txt "$W"/*.log "$d/" 2>/dev/null
+  local sd s
+  for sd in "$W"/run/*/; do
+    s="$(basename "$sd")"
     mkdir -p "$d/$s"
-    cp "$W/run/$s/metrics.jsonl" "$W/run/$s/loss.svg" "$d/$s/" 2>/dev/null
-    cp "$W/run/$s/final/config.json" "$d/$s/" 2>/dev/null
+    cp "$sd/metrics.jsonl" "$sd/loss.svg" "$d/$s/" 2>/dev/null
+    cp "$sd/final/config.json" "$d/$s/" 2>/dev/null
   done
   [[ -d "$W/eval" ]] && cp -r "$W/eval" "$d/eval"
   cp "$W/data.log" "$d/" 2>/dev/null
   tar -C "$d" -czf "$out/train-smollm2.tar.gz" .
-  cp "$W/run/kd/loss.svg" "$out/kd-loss.svg" 2>/dev/null
+  cp "$W/samples.txt" "$out/" 2>/dev/null
   cp "$W/eval/report.md" "$out/eval-report.md" 2>/dev/null
   ls -la "$out"
 }
@@ -213,7 +233,6 @@ start() {
   if [[ "$(sha256sum "$W/teacher.gguf" | cut -d' ' -f1)" != "$(cat "$W/teacher.sha256")" ]]; then
     say "teacher: reassembled file has the wrong sha256"; exit 1
   fi
-  [[ -f "$W/rates.json" ]] || { say "no $W/rates.json: run measure first (call 1)"; exit 1; }
   say "teacher ok; dataset: teacher samples added on the GPU"
   # Teacher-sampled continuations of seeded slices of the training text (prompts masked out of the loss).
   mkdir -p "$W/run-inputs"
@@ -229,7 +248,11 @@ start() {
       --out "$W/run-inputs/stage1-$s" --no-progress > "$W/upcycle-$s.log" 2>&1 ||
       { say "upcycle $s failed"; tail "$W/upcycle-$s.log"; exit 1; }
   done
-  size_recipe || exit 1
+  rm -f "$W/recipe.yaml"
+  if [[ "${SIZE_FROM_RATES:-0}" == 1 ]]; then
+    [[ -f "$W/rates.json" ]] || { say "no $W/rates.json: run measure first (call 1)"; exit 1; }
+    size_recipe || exit 1
+  fi
   say "setup took $(( SECONDS - t0 )) s; starting the run"
   setsid nohup bash "$here/train_smollm2.sh" driver > "$W/driver.out" 2>&1 < /dev/null &
   sleep 5
