@@ -1,0 +1,149 @@
+"""`hylo train` as a process: what a scheduler's SIGTERM (or Ctrl-C) does, and `--stage`.
+
+A tiny random Llama made by `transformers` (a byte-level BPE tokenizer with no merges: 256 ids, one per byte), a 1 MLA + 1 GDN hybrid of it by
+`hylo upcycle`, a dataset by `hylo data`, and a KD recipe long enough that the signal always lands mid-stage:
+SIGTERM ends the process with 143 after the step in flight, with a checkpoint at that step and no final
+checkpoint; `--resume` continues from that step. (That the resumed parameters equal an uninterrupted run's, bit for
+bit, is tests/cpp/train/resume_test.cpp's job, on the same trainer code.) `--stage` with a name the recipe lacks,
+and a stage whose input stage is not done, are refused before any work with messages that say so.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # ctest runs tests side by side on 2 cores
+
+PLAN = """name: tiny-1mla1gdn
+teacher: {num_layers: 2, hidden_size: 32, num_heads: 2, num_kv_heads: 1, head_dim: 16}
+mla_layers: [1]
+linear: gdn
+mla:
+  q_lora_rank: 16
+  kv_lora_rank: 8
+  qk_nope_head_dim: 8
+  qk_rope_head_dim: 8
+  v_head_dim: 16
+  num_kv_groups: 1
+  latent_norms: false
+  rope: {type: default}
+gdn: {num_heads: 2, head_k_dim: 16, head_v_dim: 16, conv_size: 4}
+"""
+
+
+def byte_level_alphabet():
+    """GPT-2's printable stand-ins for the 256 bytes, in byte order."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def hylo(*args, check=True, timeout=600):
+    r = subprocess.run([HYLO, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
+    if check:
+        assert r.returncode == 0, f"hylo {' '.join(map(str, args))} failed:\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def run_inputs(tmp_path_factory):
+    import transformers
+
+    tmp = tmp_path_factory.mktemp("train-cli")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                   max_position_embeddings=256, tie_word_embeddings=True)
+    teacher = tmp / "teacher"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(teacher, safe_serialization=True)
+    (teacher / "tokenizer.json").write_text(json.dumps({
+        "version": "1.0", "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None, "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                                            "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {ch: i for i, ch in enumerate(byte_level_alphabet())}, "merges": []}}))
+    (tmp / "plan.yaml").write_text(PLAN)
+    hylo("upcycle", teacher, "--plan", tmp / "plan.yaml", "--out", tmp / "student", "--calibration-tokens", "0",
+         "--no-progress")
+    rng = random.Random(3)
+    words = ["whale", "sea", "ship", "Ahab", "white", "deep", "harpoon", "the", "and", "of"]
+    paragraphs = [" ".join(rng.choice(words) for _ in range(rng.randrange(10, 30))) for _ in range(60)]
+    (tmp / "text.txt").write_text("\n\n".join(paragraphs) + "\n")
+    hylo("data", "--tokenizer", teacher, "--out", tmp / "data", "--paragraphs", tmp / "text.txt",
+         "--heldout-docs", "4", "--doc-end", "none", "--quiet")
+    # 600 steps of 2 x 16 tokens: far more than the seconds before the signal.
+    (tmp / "recipe.yaml").write_text(f"""name: tiny-kd
+defaults: {{teacher: teacher, data: data, seq_len: 16, batch: 2, precision: fp32, log_every: 1, eval_every: 0,
+           checkpoint_every: 100000}}
+stages:
+  - {{name: kd, kind: kd, student: student, tokens: {600 * 2 * 16}, lr: 1.0e-3}}
+""")
+    return tmp
+
+
+def metrics_steps(path: Path):
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            j = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written
+        if "loss" in j:
+            steps.append(j["step"])
+    return steps
+
+
+def test_sigterm_checkpoints_the_step_and_resume_continues(run_inputs):
+    out = run_inputs / "run-sigterm"
+    p = subprocess.Popen([HYLO, "train", "--recipe", run_inputs / "recipe.yaml", "--out", out, "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while max(metrics_steps(out / "kd" / "metrics.jsonl"), default=0) < 3:
+        assert p.poll() is None, f"hylo train ended early ({p.returncode}):\n{p.stderr.read()}"
+        assert time.time() < deadline, "no training step logged within 300 s"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM with a checkpoint; continue with --resume" in err
+    state = json.loads((out / "kd" / "train_state" / "state.json").read_text())
+    logged = metrics_steps(out / "kd" / "metrics.jsonl")
+    # The checkpoint is at the last step that ran: the one in flight when the signal came, or a later one.
+    assert state["step"] == max(logged) and 3 <= state["step"] < 600
+    assert not (out / "kd" / "final").exists()
+
+    r = hylo("train", "--recipe", run_inputs / "recipe.yaml", "--out", out, "--resume", "--stop-after", "2", "--quiet")
+    assert "stopped after --stop-after 2 steps" in r.stderr
+    resumed = json.loads((out / "kd" / "train_state" / "state.json").read_text())
+    assert resumed["step"] == state["step"] + 2
+    assert metrics_steps(out / "kd" / "metrics.jsonl") == list(range(1, resumed["step"] + 1))
+
+
+def test_stage_option_refuses_unknown_and_unready_stages(run_inputs):
+    r = hylo("train", "--recipe", run_inputs / "recipe.yaml", "--out", run_inputs / "run-stage", "--stage", "kd2",
+             "--quiet", check=False)
+    assert r.returncode == 1 and "--stage kd2: no such stage (the recipe has kd)" in r.stderr, r.stderr
+    two = run_inputs / "two.yaml"
+    two.write_text((run_inputs / "recipe.yaml").read_text() +
+                   "  - {name: more, kind: kd, student: {stage: kd}, tokens: 64, lr: 1.0e-4}\n")
+    r = hylo("train", "--recipe", two, "--out", run_inputs / "run-stage", "--stage", "more", "--quiet", check=False)
+    assert r.returncode == 1 and "stage more takes a model from stage kd, which is not done" in r.stderr, r.stderr
+    assert not (run_inputs / "run-stage" / "more").exists()
