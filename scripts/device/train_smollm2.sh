@@ -24,6 +24,7 @@ mode="${1:-}"; shift || true
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 W="${HYLO_TRAIN_WORK:-/tmp/hylo-smol}"   # the machine's disk, outside the carried tree
+DEV="${HYLO_TRAIN_DEVICE:-cuda}"         # cpu: a dry run of the driver on tiny models (see tests of this script)
 say() { printf '[train-smollm2 %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 build() {
@@ -56,7 +57,8 @@ build() {
 device_env() {
   local tl; tl="$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
   export LD_LIBRARY_PATH="$W/bin:$tl:$tl/../../nvidia/cu13/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-  export OMP_NUM_THREADS=4 HYLO_TEACHER_GGUF="$W/teacher.gguf" HYLO_RUN="$W/run-inputs" HYLO="$W/bin/hylo"
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}" HYLO_TEACHER_GGUF="${HYLO_TRAIN_TEACHER:-$W/teacher.gguf}" \
+    HYLO_RUN="$W/run-inputs" HYLO="$W/bin/hylo"
 }
 
 # Copies what this call carried into $W.
@@ -69,111 +71,149 @@ stash() {
   if [[ -d "$c2" ]]; then cp "$c2"/teacher.part2 "$W/" && mkdir -p "$W/text" && xz -dc "$c2/text.tar.xz" | tar -C "$W/text" -xf -; fi
 }
 
-# train_step ARGS...: seconds per optimizer step (the "s/step" column of its table row).
-step_seconds() {
-  "$W/bin/train_step" --device cuda --pair smollm2 --seq 2048 --steps 2 \
-    --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" "$@" 2>&1 | tee -a "$W/measure.log" |
-    awk -F'|' '/^\| smollm2/ {gsub(/ /, "", $5); print $5}'
+# The recipe the run uses: RECIPE (default the shipped one, a path in the repository), or the copy size_recipe wrote.
+recipe() {
+  local r="${RECIPE:-recipes/train/smollm2-135m-6mla24gdn.yaml}"
+  [[ "$r" == /* ]] || r="$root/$r"
+  if [[ -f "$W/recipe.yaml" ]]; then echo "$W/recipe.yaml"; else echo "$r"; fi
 }
 
+# recipe_query WHAT: facts about the recipe's stages, one per line.
+#   waves   the stages in dependency waves: a wave's stages take models only from earlier waves (names, one wave a line)
+#   leaves  the training stages no other stage takes a model from (what gets evaluated)
+#   batch KIND  the largest batch of the stages of that kind (ild | kd); widest KIND: the most such stages in one wave
+recipe_query() {
+  python3 - "$(recipe)" "$@" <<'PY'
+import sys, yaml
+stages = yaml.safe_load(open(sys.argv[1]))["stages"]
+what = sys.argv[2:]
+def inputs(st):
+    return [v["stage"] for k in ("student", "teacher", "from_mla", "from_linear")
+            if isinstance(v := st.get(k), dict) and "stage" in v]
+done, waves = set(), []
+while len(done) < len(stages):
+    wave = [st["name"] for st in stages if st["name"] not in done and set(inputs(st)) <= done]
+    if not wave:
+        sys.exit("recipe: a stage takes a model from a stage that never runs")
+    waves.append(wave)
+    done |= set(wave)
+used = {i for st in stages for i in inputs(st)}
+kind = {st["name"]: st["kind"] for st in stages}
+if what[0] == "waves":
+    print("\n".join(" ".join(w) for w in waves))
+elif what[0] == "leaves":
+    print("\n".join(st["name"] for st in stages if st["kind"] != "assemble" and st["name"] not in used))
+elif what[0] == "batch":
+    print(max([st.get("batch", 0) for st in stages if st["kind"] == what[1]] or [0]))
+elif what[0] == "widest":
+    print(max(sum(kind[n] == what[1] for n in w) for w in waves))
+PY
+}
+
+# step_seconds N ARGS...: N train_step processes at once (as a wave of stages runs); the slowest one's seconds
+# per optimizer step (the "s/step" column of its table row).
+step_seconds() {
+  local n="$1" i; shift
+  for (( i = 0; i < n; ++i )); do
+    "$W/bin/train_step" --device cuda --pair smollm2 --seq 2048 --steps 2 \
+      --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" "$@" > "$W/step.$i" 2>&1 &
+  done
+  wait
+  for (( i = 0; i < n; ++i )); do cat "$W/step.$i" >> "$W/measure.log"; done
+  cat "$W"/step.* | awk -F'|' '/^\| smollm2/ {gsub(/ /, "", $5); print $5}' | sort -g | tail -n 1
+  rm -f "$W"/step.*
+}
+
+# Seconds per step of the recipe's KD and ILD stages at their batch, with as many processes at once as the
+# widest wave runs (random weights of the recipe's shapes).
 measure() {
   stash
   device_env
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "commit $(cat "$W/commit.txt")"; } |
     tee "$W/machine.txt"
   : > "$W/measure.log"
-  local kd8 kd16 ild ild2
-  kd8=$(step_seconds --batch 8)
-  kd16=$(step_seconds --batch 16)
-  ild=$(step_seconds --batch 8 --ild)
-  # Two ILD processes at once (as the two Stage-I stages will run): the slower one's step time counts.
-  step_seconds --batch 8 --ild > "$W/ild2.a" &
-  step_seconds --batch 8 --ild > "$W/ild2.b"
-  wait
-  ild2=$(sort -g "$W/ild2.a" "$W/ild2.b" | tail -n1)
-  printf '{"kd8": %s, "kd16": %s, "ild8": %s, "ild8_two_at_once": %s}\n' "${kd8:-null}" "${kd16:-null}" "${ild:-null}" \
-    "${ild2:-null}" | tee "$W/rates.json"
-  # Issue 7's table with the kernels in: a KD step at 16K (batch 1) and the KL alone at 16K, logit-free vs naive.
-  local ts=("$W/bin/train_step" --device cuda --pair smollm2 --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml")
-  "${ts[@]}" --seq 16384 --batch 1 --steps 2 >> "$W/measure.log" 2>&1
-  "${ts[@]}" --seq 2048 --batch 1 --steps 3 >> "$W/measure.log" 2>&1
-  "${ts[@]}" --seq 16384 --kl-only >> "$W/measure.log" 2>&1
+  local kd_b ild_b kd_n ild_n kd ild
+  kd_b=$(recipe_query batch kd); ild_b=$(recipe_query batch ild)
+  kd_n=$(recipe_query widest kd); ild_n=$(recipe_query widest ild)
+  kd=$(step_seconds "$kd_n" --batch "$kd_b")
+  ild=$(step_seconds "$ild_n" --batch "$ild_b" --ild)
+  printf '{"kd": {"batch": %s, "at_once": %s, "s_per_step": %s}, "ild": {"batch": %s, "at_once": %s, "s_per_step": %s}}\n' \
+    "$kd_b" "$kd_n" "${kd:-null}" "$ild_b" "$ild_n" "${ild:-null}" | tee "$W/rates.json"
   grep -E '^\| |^step' "$W/measure.log"
   cp "$W/measure.log" "$W/rates.json" "${OUT:-/tmp}/" 2>/dev/null || true
 }
 
-# Writes $W/recipe.yaml: the shipped recipe with batch and token budgets sized from $W/rates.json so that the two
-# Stage-I stages (side by side) take ILD_SHARE of TRAIN_SECONDS and KD the rest.
+# Writes $W/recipe.yaml: the recipe with its token budgets scaled (batches kept) from $W/rates.json so that the
+# ILD waves take ILD_SHARE of TRAIN_SECONDS and the KD waves the rest.
 size_recipe() {
-  python3 - "$root/recipes/train/smollm2-135m-6mla24gdn.yaml" "$W/rates.json" "$W/recipe.yaml" \
-    "${TRAIN_SECONDS:-900}" "${ILD_SHARE:-0.3}" <<'PY'
-import json, math, sys, yaml
-src, rates_path, dst, seconds, ild_share = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+  local src; src="$(recipe)"
+  python3 - "$src" "$W/rates.json" "$W/recipe.yaml" "${TRAIN_SECONDS:-900}" "${ILD_SHARE:-0.25}" \
+    "$(recipe_query waves | tr '\n' ';')" <<'PY'
+import json, os, sys, yaml
+src, rates_path, dst, seconds, ild_share, waves = sys.argv[1:7]
+seconds, ild_share = float(seconds), float(ild_share)
+waves = [w.split() for w in waves.split(";") if w.strip()]
 r = json.load(open(rates_path))
 recipe = yaml.safe_load(open(src))
-seq = 2048
-# Evaluations, checkpoints and model loading take about 10% beside the steps.
-ild_steps = int(0.9 * ild_share * seconds / r["ild8_two_at_once"])
-kd_batch = 16 if r["kd16"] < 1.6 * r["kd8"] else 8   # a launch-bound step takes twice the tokens almost for free
-kd_steps = int(0.9 * (1 - ild_share) * seconds / r["kd" + str(kd_batch)])
+by_name = {st["name"]: st for st in recipe["stages"]}
+share = {"ild": ild_share, "kd": 1 - ild_share}
+n_waves = {k: sum(any(by_name[n]["kind"] == k for n in w) for w in waves) for k in ("ild", "kd")}
+seq_default = recipe.get("defaults", {}).get("seq_len", 2048)
 for st in recipe["stages"]:
-    if st["kind"] == "ild":
-        st.update(batch=8, micro_batch=8, tokens=ild_steps * 8 * seq)
-        steps = ild_steps
-    elif st["kind"] == "kd":
-        st.update(batch=kd_batch, micro_batch=kd_batch, tokens=kd_steps * kd_batch * seq)
-        steps = kd_steps
-    else:
+    k = st["kind"]
+    if k not in share:
         continue
+    # Evaluations, checkpoints and model loading take about 10% beside the steps.
+    steps = max(1, int(0.9 * share[k] * seconds / n_waves[k] / r[k]["s_per_step"]))
+    seq = st.get("seq_len", seq_default)
+    st["tokens"] = steps * st["batch"] * seq
     st["eval_every"] = max(1, steps // 10)
-    st["eval_batches"] = max(1, 32 // st["batch"])   # the held-out split holds about 34 sequences of 2K
     st["checkpoint_every"] = max(1, steps // 3)
-# Paths in the shipped recipe are relative to recipes/train/.
+    print(f"{st['name']}: {steps} steps of {st['batch']} x {seq}")
+# Relative paths in the recipe are relative to its folder.
 for st in recipe["stages"]:
-    if "plan" in st:
-        st["plan"] = sys.argv[1].rsplit("/", 1)[0] + "/" + st["plan"]
+    if "plan" in st and not os.path.isabs(st["plan"]):
+        st["plan"] = os.path.join(os.path.dirname(os.path.abspath(src)), st["plan"])
 yaml.safe_dump(recipe, open(dst, "w"), sort_keys=False)
-print(f"ILD {ild_steps} steps of 8 x {seq} each (side by side), KD {kd_steps} steps of {kd_batch} x {seq}")
 PY
 }
 
-# The recipe the run uses: the shipped one, or the one size_recipe wrote.
-recipe() {
-  if [[ -f "$W/recipe.yaml" ]]; then echo "$W/recipe.yaml"; else echo "$root/recipes/train/smollm2-135m-6mla24gdn.yaml"; fi
-}
-
-# The whole run, in its own session: Stage I side by side, then assembly and KD, then the evaluation.
+# The whole run, in its own session: the recipe's stages wave by wave, the stages of a wave side by side (each a
+# `hylo train --stage` process); then the held-out evaluation of every leaf stage and the teacher, and samples.
 driver() {
   device_env
   cd "$W" || exit 1
-  local hylo="$W/bin/hylo" rc=0
-  say "Stage I: ild-mla and ild-linear side by side" >> "$W/driver.log"
-  "$hylo" train --recipe "$(recipe)" --out "$W/run" --device cuda --stage ild-mla > "$W/ild-mla.log" 2>&1 &
-  local a=$!
-  "$hylo" train --recipe "$(recipe)" --out "$W/run" --device cuda --stage ild-linear > "$W/ild-linear.log" 2>&1
-  rc=$?
-  wait "$a" || rc=$?
-  say "Stage I exit $rc" >> "$W/driver.log"
-  if (( rc == 0 )); then
-    "$hylo" train --recipe "$(recipe)" --out "$W/run" --device cuda --resume > "$W/kd.log" 2>&1
-    rc=$?
-    say "assemble + KD exit $rc" >> "$W/driver.log"
+  local hylo="$W/bin/hylo" rc=0 wave name pids waves leaves
+  if ! waves="$(recipe_query waves)" || ! leaves="$(recipe_query leaves)" || [[ -z "$waves" || -z "$leaves" ]]; then
+    say "cannot read the stages of $(recipe)" >> "$W/driver.log"
+    echo 1 > "$W/DONE"
+    return 1
   fi
-  local last
-  last=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['stages'][-1]['name'])" "$(recipe)")
+  while read -r wave; do
+    say "wave: $wave" >> "$W/driver.log"
+    pids=()
+    for name in $wave; do
+      "$hylo" train --recipe "$(recipe)" --out "$W/run" --device "$DEV" --stage "$name" > "$W/$name.log" 2>&1 &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+    say "wave exit $rc" >> "$W/driver.log"
+    (( rc == 0 )) || break
+  done <<< "$waves"
   if (( rc == 0 )); then
-    # The held-out text (never trained on), 2K windows, fp32: the hybrid and its teacher in the same run.
-    "$hylo" eval --model "$W/run/$last/final" --name "smollm2-6mla24gdn-$last" --model "$W/teacher.gguf" \
-      --name smollm2-135m-teacher --text "$W/text/heldout.txt" --context 2048 --dtype fp32 --device cuda \
-      --out "$W/eval" > "$W/eval.log" 2>&1
+    # The held-out text (never trained on), 2K windows, fp32: the hybrids and their teacher in the same run.
+    local args=() leaf
+    for leaf in $leaves; do args+=(--model "$W/run/$leaf/final" --name "smollm2-6mla24gdn-$leaf"); done
+    "$hylo" eval "${args[@]}" --model "$HYLO_TEACHER_GGUF" --name smollm2-135m-teacher --text "$W/text/heldout.txt" \
+      --context "${EVAL_CONTEXT:-2048}" --dtype fp32 --device "$DEV" --out "$W/eval" > "$W/eval.log" 2>&1
     rc=$?
     say "eval exit $rc" >> "$W/driver.log"
-    # What the text looks like: greedy continuations of three held-out openings, hybrid and teacher.
-    local m
-    for m in "$W/run/$last/final" "$W/teacher.gguf"; do
+    # What the text looks like: greedy continuations of three openings, each hybrid and the teacher.
+    local m p
+    for m in $(sed "s|^|$W/run/|; s|$|/final|" <<< "$leaves") "$HYLO_TEACHER_GGUF"; do
       for p in "Call me Ishmael. Some years ago" "The whale" "It was a dark night, and the sea"; do
-        printf '== %s | %s\n' "$(basename "$(dirname "$m")")/$(basename "$m")" "$p"
-        "$hylo" generate "$m" --prompt "$p" --greedy --max-new-tokens 48 --device cuda 2>/dev/null
+        printf '== %s | %s\n' "${m#"$W"/}" "$p"
+        "$hylo" generate "$m" --prompt "$p" --greedy --max-new-tokens 48 --device "$DEV" 2>/dev/null
         echo
       done
     done > "$W/samples.txt"
@@ -184,7 +224,7 @@ driver() {
 progress() {
   say "$(cat "$W/driver.log" 2>/dev/null | tail -n 3 | tr '\n' ' ')"
   local f
-  for f in ild-mla ild-linear kd; do   # kd.log: assembly and every KD stage
+  for f in $(recipe_query waves); do
     [[ -f "$W/$f.log" ]] && say "$f: $(tr '\r' '\n' < "$W/$f.log" | grep -v '^\s*$' | tail -n 1 | cut -c1-200)"
   done
 }
