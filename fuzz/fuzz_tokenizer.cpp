@@ -4,22 +4,40 @@
 //         must emit the same text piecewise, and with bit 1 set, encoding with special tokens must add exactly
 //         the template's <|endoftext|> in front.
 //   even with bit 2 set: the same with the SentencePiece-score GGUF vocabulary tests/data/tokenizer/tiny_spm.gguf
-//         (llama.cpp's SPM algorithm): ids in range, decode is valid UTF-8 and (without U+FFFD) equals StreamDecoder's
-//         output, and for
+//         (llama.cpp's SPM algorithm): ids in range, decode is valid UTF-8 and equals StreamDecoder's output, and for
 //         valid UTF-8 without special-token text or U+2581 decode(encode(x)) == x; with bit 1 set, <s> is added in front.
+//   even with bit 3 set: the rest is a sequence of ids (2 bytes each, little-endian, taken modulo the vocabulary
+//         size plus 2, so unknown ids occur) for the byte-level tokenizer, or with bit 2 the GGUF one: StreamDecoder's
+//         output equals decode, with special tokens kept, and with bit 1 skipped.
 //   odd:  the rest is a tokenizer.json; loading must end in a tokenizer or an error (never a crash), and an
-//         accepted tokenizer must encode and decode a fixed text.
+//         accepted tokenizer must encode and decode a fixed text, StreamDecoder giving the same text.
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "hylo/core/file_util.h"
 #include "hylo/io/tokenizer/tokenizer.h"
 #include "hylo/io/tokenizer/unicode.h"
 
 namespace {
+// Everything a StreamDecoder gives for ids, pushed one at a time; it must always be valid UTF-8 and never hold
+// more than max_held bytes (a byte-level decoder holds at most an unfinished character: 3 bytes).
+std::string streamed(const hylo::tok::Tokenizer& tok, const std::vector<int32_t>& ids, bool skip_special,
+                     std::size_t max_held = SIZE_MAX) {
+  hylo::tok::StreamDecoder sd(tok, skip_special);
+  std::string out;
+  for (int32_t id : ids) {
+    out += sd.push(id);
+    if (sd.held_bytes() > max_held) std::abort();
+  }
+  out += sd.flush();
+  if (!hylo::tok::utf8_valid(out)) std::abort();
+  return out;
+}
+
 const hylo::tok::Tokenizer& spm_tokenizer() {
   static hylo::tok::Tokenizer tok = [] {
     const auto path = std::filesystem::path(HYLO_SOURCE_DIR) / "tests/data/tokenizer/tiny_spm.gguf";
@@ -44,14 +62,7 @@ int fuzz_spm(uint8_t mode, const std::string& rest) {
     auto with = tok.encode(rest, true);
     if (with.empty() || with[0] != 1 || !std::equal(with.begin() + 1, with.end(), ids.begin(), ids.end())) std::abort();
   }
-  hylo::tok::StreamDecoder sd(tok, /*skip_special_tokens=*/false);
-  std::string streamed;
-  for (int32_t id : ids) streamed += sd.push(id);
-  streamed += sd.flush();
-  if (!hylo::tok::utf8_valid(streamed)) std::abort();
-  // A run of byte tokens that is not UTF-8 decodes to U+FFFD per byte as a whole (tokenizers' ByteFallback), so
-  // a stream cut inside such a run may differ; without U+FFFD in the text the stream must equal decode.
-  if (text.find("\xEF\xBF\xBD") == std::string::npos && streamed != text) std::abort();
+  if (streamed(tok, ids, false) != text) std::abort();
   return 0;
 }
 
@@ -62,11 +73,27 @@ const hylo::tok::Tokenizer& fixed_tokenizer() {
   }();
   return tok;
 }
+
+// Arbitrary ids, not only those encode gives: byte tokens that split characters or never form one, specials.
+int fuzz_ids(uint8_t mode, const std::string& rest) {
+  const auto& tok = (mode & 4) ? spm_tokenizer() : fixed_tokenizer();
+  const bool skip = mode & 2;
+  std::vector<int32_t> ids;
+  for (std::size_t i = 0; i + 1 < rest.size(); i += 2) {
+    const auto v = static_cast<uint16_t>(static_cast<uint8_t>(rest[i]) | (static_cast<uint8_t>(rest[i + 1]) << 8));
+    ids.push_back(static_cast<int32_t>(v % (tok.vocab_size() + 2)));
+  }
+  const std::string text = tok.decode(ids, skip);
+  const std::size_t max_held = (mode & 4) ? SIZE_MAX : 3;  // a byte-fallback run that is still valid is held whole
+  if (!hylo::tok::utf8_valid(text) || streamed(tok, ids, skip, max_held) != text) std::abort();
+  return 0;
+}
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
+  if ((data[0] & 1) == 0 && (data[0] & 8)) return fuzz_ids(data[0], rest);
   if ((data[0] & 1) == 0 && (data[0] & 4)) return fuzz_spm(data[0], rest);
   if ((data[0] & 1) == 0) {
     const auto& tok = fixed_tokenizer();
@@ -81,11 +108,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           !std::equal(with.begin() + 1, with.end(), ids.begin(), ids.end()))
         std::abort();
     }
-    hylo::tok::StreamDecoder sd(tok, /*skip_special_tokens=*/false);
-    std::string streamed;
-    for (int32_t id : ids) streamed += sd.push(id);
-    streamed += sd.flush();
-    if (streamed != hylo::tok::utf8_lossy(rest)) std::abort();
+    if (streamed(tok, ids, false, 3) != hylo::tok::utf8_lossy(rest)) std::abort();
     return 0;
   }
   auto tok = hylo::tok::Tokenizer::from_json_string(rest);
@@ -96,5 +119,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto ids = tok->encode("Hello, world! 123 \xF0\x9F\x98\x80 <s>\xFF", true);
   const std::string text = tok->decode(ids, false);
   if (!hylo::tok::utf8_valid(text)) std::abort();
+  if (streamed(*tok, ids, false) != text) std::abort();  // whatever the decoder chain
   return 0;
 }

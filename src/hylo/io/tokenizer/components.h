@@ -145,10 +145,31 @@ struct PostProcessor {
 };
 
 // ---- decoders ------------------------------------------------------------------------------------------------
+// A token on its way through a streamed decoder chain: a whole token, or (whole == false) the next part of the one
+// token that a fusing decoder (Fuse, ByteLevel) makes of everything; that token lasts to the end of the stream.
+struct StreamPiece {
+  std::string text;
+  bool whole = true;
+};
+
+// The streaming form of a decoder (decoder_streams.cpp), for StreamDecoder: tokens arrive one at a time and output
+// is given as soon as no later token can change it, so the concatenated output equals that of decode_chain on all
+// tokens (decode_chain stays the reference; the tokenizer tests compare the two). Work per token is bounded by the
+// token and the text it releases, never by the length of the stream.
+class DecoderStream {
+ public:
+  virtual ~DecoderStream() = default;
+  virtual void push(StreamPiece piece, std::vector<StreamPiece>& out) = 0;
+  virtual void finish(std::vector<StreamPiece>& out) = 0;  // end of the stream: release what is held
+  virtual std::size_t held_bytes() const = 0;              // text held back for later tokens
+};
+
 struct Decoder {
   virtual ~Decoder() = default;
   // tokenizers' decode_chain: tokens in, tokens out.
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
+  // A fresh streaming form of this decoder; it may refer to the decoder, which must outlive it.
+  virtual std::unique_ptr<DecoderStream> stream() const = 0;
 };
 std::unique_ptr<Decoder> make_byte_level_decoder();
 std::unique_ptr<Decoder> make_metaspace_decoder(uint32_t replacement, PrependScheme scheme);
@@ -157,6 +178,8 @@ std::unique_ptr<Decoder> make_byte_fallback_decoder();
 std::unique_ptr<Decoder> make_fuse_decoder();
 std::unique_ptr<Decoder> make_strip_decoder(std::string content, std::size_t start, std::size_t stop);
 std::unique_ptr<Decoder> make_sequence_decoder(std::vector<std::unique_ptr<Decoder>> parts);
+// What decode does without a decoder (tokens joined by single spaces), streamed.
+std::unique_ptr<DecoderStream> make_join_stream();
 
 // ---- added tokens --------------------------------------------------------------------------------------------
 struct AddedToken {

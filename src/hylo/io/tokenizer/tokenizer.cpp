@@ -159,18 +159,25 @@ std::vector<int32_t> TokenizerImpl::encode(std::string_view input, bool add_spec
   return ids;
 }
 
+const std::string* TokenizerImpl::decode_token(int32_t id, bool skip_special) const {
+  if (auto it = added_by_id.find(id); it != added_by_id.end()) {
+    const AddedToken& t = added[it->second];
+    return skip_special && t.special ? nullptr : &t.decoded;
+  }
+  if (id >= 0 && static_cast<std::size_t>(id) < model.id_to_token.size() && !model.id_to_token[id].empty())
+    return &model.id_to_token[id];
+  return nullptr;
+}
+
+std::unique_ptr<DecoderStream> TokenizerImpl::decode_stream() const {
+  return decoder ? decoder->stream() : make_join_stream();
+}
+
 std::string TokenizerImpl::decode(std::span<const int32_t> ids, bool skip_special) const {
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
-  for (int32_t id : ids) {
-    if (auto it = added_by_id.find(id); it != added_by_id.end()) {
-      const AddedToken& t = added[it->second];
-      if (skip_special && t.special) continue;
-      tokens.push_back(t.decoded);
-    } else if (id >= 0 && static_cast<std::size_t>(id) < model.id_to_token.size() && !model.id_to_token[id].empty()) {
-      tokens.push_back(model.id_to_token[id]);
-    }
-  }
+  for (int32_t id : ids)
+    if (const std::string* t = decode_token(id, skip_special)) tokens.push_back(*t);
   if (!decoder) {
     std::string out;
     for (std::size_t i = 0; i < tokens.size(); ++i) {
@@ -333,44 +340,34 @@ Result<std::string> Tokenizer::apply_chat_template(const std::vector<ChatMessage
 
 // ---- StreamDecoder -------------------------------------------------------------------------------------------
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
-    : tok_(tokenizer), skip_special_(skip_special_tokens) {}
+    : tok_(&tokenizer), skip_special_(skip_special_tokens), stream_(tokenizer.impl_->decode_stream()) {}
+StreamDecoder::~StreamDecoder() = default;
+StreamDecoder::StreamDecoder(StreamDecoder&&) noexcept = default;
+
+namespace {
+std::string concat(std::vector<StreamPiece>& pieces) {
+  std::string text;
+  for (auto& p : pieces) text += p.text;
+  return text;
+}
+}  // namespace
 
 std::string StreamDecoder::push(int32_t id) {
-  ids_.push_back(id);
-  const auto window = std::span<const int32_t>(ids_).subspan(prefix_index_);
-  std::string text = tok_.decode(window, skip_special_);
-  // Text ending in U+FFFD may be a character whose remaining bytes come with the next token: wait for it.
-  // A window that no longer starts with the emitted text (a byte-fallback run that turned invalid, which decodes
-  // to U+FFFD per byte as a whole) waits too: cutting it at prefix_.size() could split a character.
-  if (text.size() <= prefix_.size() || (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) ||
-      text.compare(0, prefix_.size(), prefix_) != 0)
-    return {};
-  std::string fresh = text.substr(prefix_.size());
-  // The emitted ids become the decoding context of the next window.
-  prefix_index_ = read_index_;
-  read_index_ = ids_.size();
-  prefix_ = tok_.decode(std::span<const int32_t>(ids_).subspan(prefix_index_), skip_special_);
-  return fresh;
+  // An id that decode() drops changes nothing, not even the decoders' view of which token comes first.
+  const std::string* token = tok_->impl_->decode_token(id, skip_special_);
+  if (token == nullptr) return {};
+  std::vector<StreamPiece> out;
+  stream_->push(StreamPiece{*token, true}, out);
+  return concat(out);
 }
 
 std::string StreamDecoder::flush() {
-  const auto window = std::span<const int32_t>(ids_).subspan(prefix_index_);
-  std::string text = tok_.decode(window, skip_special_);
-  std::string fresh;
-  if (text.compare(0, prefix_.size(), prefix_) == 0) {
-    fresh = text.substr(prefix_.size());
-  } else {
-    // The window diverged from the emitted text (a byte-fallback run that turned invalid; see push): emit what
-    // follows their longest common start, from a character boundary, so the stream stays valid UTF-8.
-    std::size_t common = 0;
-    while (common < prefix_.size() && common < text.size() && prefix_[common] == text[common]) ++common;
-    while (common > 0 && common < text.size() && (static_cast<unsigned char>(text[common]) & 0xC0) == 0x80) --common;
-    fresh = text.substr(common);
-  }
-  ids_.clear();
-  prefix_.clear();
-  prefix_index_ = read_index_ = 0;
-  return fresh;
+  std::vector<StreamPiece> out;
+  stream_->finish(out);
+  stream_ = tok_->impl_->decode_stream();
+  return concat(out);
 }
+
+std::size_t StreamDecoder::held_bytes() const { return stream_->held_bytes(); }
 
 }  // namespace hylo::tok

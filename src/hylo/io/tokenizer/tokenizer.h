@@ -54,27 +54,35 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
  private:
+  friend class StreamDecoder;
   explicit Tokenizer(std::unique_ptr<TokenizerImpl> impl);
   std::unique_ptr<TokenizerImpl> impl_;
 };
 
-// Incremental detokenizer for streaming output: feeds ids one by one and returns only complete UTF-8 text.
-// The concatenation of everything push() and flush() return equals decode() of all ids; each push decodes
-// only the ids since the last emitted piece (plus that piece, for the decoder's context), so streaming n
-// tokens costs O(n), not O(n^2).
+class DecoderStream;
+
+// Incremental detokenizer for streaming output: feeds ids one by one and returns text as soon as no later id can
+// change it. The concatenation of everything push() and flush() return equals decode() of all ids, exactly, for
+// every decoder (each decoder has a streaming form beside its one-shot form, decoder_streams.cpp). Held back is
+// only what a later id can change: with byte-level BPE the bytes of an unfinished UTF-8 character (at most 3);
+// with byte fallback (SentencePiece) a run of <0xNN> byte tokens while it is still valid UTF-8, since decode()
+// renders a whole run as U+FFFD per byte once any byte of it is ill-formed; with Strip the copies of its content
+// that may end the text. Ill-formed bytes come out as U+FFFD at once. (A decoder chain that applies a regex
+// Replace, ByteLevel or ByteFallback after Fuse has no streaming form within the fused text: it is held to the
+// end, still exact.) The work per id is bounded by that id's text and the text it releases, never by the length
+// of the stream.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true);
-  std::string push(int32_t id);   // newly completed text (may be empty mid-codepoint)
-  std::string flush();
+  ~StreamDecoder();
+  StreamDecoder(StreamDecoder&&) noexcept;
+  std::string push(int32_t id);   // newly final text (may be empty mid-character)
+  std::string flush();            // everything held; the next push starts a new text
+  std::size_t held_bytes() const; // text held back for later ids, in bytes
  private:
-  const Tokenizer& tok_;
+  const Tokenizer* tok_;
   bool skip_special_;
-  std::vector<int32_t> ids_;
-  // Window of ids decoded on each push (as tokenizers' DecodeStream): ids_[prefix_index_, read_index_) have
-  // been emitted and decode to prefix_; new text is decode(ids_[prefix_index_..]) minus prefix_.
-  std::size_t prefix_index_ = 0, read_index_ = 0;
-  std::string prefix_;
+  std::unique_ptr<DecoderStream> stream_;
 };
 
 }  // namespace hylo::tok

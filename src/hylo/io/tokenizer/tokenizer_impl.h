@@ -37,6 +37,11 @@ class TokenizerImpl {
 
   std::vector<int32_t> encode(std::string_view text, bool add_special) const;
   std::string decode(std::span<const int32_t> ids, bool skip_special) const;
+  // The token text decode() hands the decoder for `id`, or nullptr where decode() drops the id (a special token
+  // when skipping them, an id with no token).
+  const std::string* decode_token(int32_t id, bool skip_special) const;
+  // The streaming form of decode()'s decoder (StreamDecoder).
+  std::unique_ptr<DecoderStream> decode_stream() const;
   int64_t vocab_size() const;
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::optional<std::string> id_to_token(int32_t id) const;

@@ -12,13 +12,12 @@ namespace {
 constexpr uint32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
 constexpr uint32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
 
-// Length of a valid UTF-8 sequence at s[i], or 0 with `bad` = the length of the maximal invalid subpart.
-std::size_t valid_seq_len(std::string_view s, std::size_t i, std::size_t& bad) {
-  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char b0 = b(i);
-  if (b0 < 0x80) return 1;
-  std::size_t need;
-  unsigned char lo = 0x80, hi = 0xBF;
+// The rule for a lead byte b0: how many continuation bytes follow it and the range of the first one (overlongs,
+// surrogates and code points above U+10FFFF excluded; the others are 80..BF). False for a byte that starts no
+// multi-byte sequence (ASCII, continuation bytes, C0/C1, F5..FF).
+bool lead_rule(unsigned char b0, std::size_t& need, unsigned char& lo, unsigned char& hi) {
+  lo = 0x80;
+  hi = 0xBF;
   if (b0 >= 0xC2 && b0 <= 0xDF) { need = 1; }
   else if (b0 == 0xE0) { need = 2; lo = 0xA0; }
   else if ((b0 >= 0xE1 && b0 <= 0xEC) || b0 == 0xEE || b0 == 0xEF) { need = 2; }
@@ -26,7 +25,18 @@ std::size_t valid_seq_len(std::string_view s, std::size_t i, std::size_t& bad) {
   else if (b0 == 0xF0) { need = 3; lo = 0x90; }
   else if (b0 >= 0xF1 && b0 <= 0xF3) { need = 3; }
   else if (b0 == 0xF4) { need = 3; hi = 0x8F; }
-  else { bad = 1; return 0; }
+  else return false;
+  return true;
+}
+
+// Length of a valid UTF-8 sequence at s[i], or 0 with `bad` = the length of the maximal invalid subpart.
+std::size_t valid_seq_len(std::string_view s, std::size_t i, std::size_t& bad) {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char b0 = b(i);
+  if (b0 < 0x80) return 1;
+  std::size_t need;
+  unsigned char lo, hi;
+  if (!lead_rule(b0, need, lo, hi)) { bad = 1; return 0; }
   std::size_t k = 1;
   for (; k <= need; ++k) {
     if (i + k >= s.size()) break;
@@ -125,6 +135,39 @@ bool utf8_valid(std::string_view s) {
     i += n;
   }
   return true;
+}
+
+std::size_t utf8_incomplete_tail(std::string_view s) {
+  // Every byte that is not a continuation byte starts a character in utf8_lossy's walk (an unfinished sequence
+  // ends at it), so the tail is decided by the last such byte, if it lies within the last 3 bytes.
+  for (std::size_t k = 1; k <= 3 && k <= s.size(); ++k) {
+    const auto b0 = static_cast<unsigned char>(s[s.size() - k]);
+    if ((b0 & 0xC0) == 0x80) continue;
+    std::size_t need;
+    unsigned char lo, hi;
+    if (!lead_rule(b0, need, lo, hi) || k - 1 >= need) return 0;  // ASCII, an invalid lead, or a finished sequence
+    for (std::size_t j = 1; j < k; ++j) {
+      const auto c = static_cast<unsigned char>(s[s.size() - k + j]);
+      if (c < (j == 1 ? lo : 0x80) || c > (j == 1 ? hi : 0xBF)) return 0;  // already ill-formed
+    }
+    return k;
+  }
+  return 0;
+}
+
+void Utf8Validator::feed(unsigned char c) {
+  if (failed_) return;
+  if (need_ == 0) {
+    if (c >= 0x80 && !lead_rule(c, need_, lo_, hi_)) failed_ = true;
+    return;
+  }
+  if (c < lo_ || c > hi_) {
+    failed_ = true;
+    return;
+  }
+  --need_;
+  lo_ = 0x80;
+  hi_ = 0xBF;
 }
 
 void utf8_append(std::string& out, uint32_t cp) {

@@ -15,6 +15,23 @@ namespace hylo::tok {
 std::string utf8_lossy(std::string_view bytes);
 bool utf8_valid(std::string_view bytes);
 
+// Length (0..3) of the bytes at the end of s that begin a character and are still a valid start of one: utf8_lossy
+// renders them as one U+FFFD, but more bytes may complete the character. Everything before them decodes the same
+// whatever follows: utf8_lossy(s + t) == utf8_lossy(s[0, n-k)) + utf8_lossy(s[n-k, n) + t).
+std::size_t utf8_incomplete_tail(std::string_view s);
+
+// utf8_valid one byte at a time (the rules of utf8_valid), for bytes that arrive in parts.
+class Utf8Validator {
+ public:
+  void feed(unsigned char c);
+  bool failed() const { return failed_; }                 // ill-formed: no further bytes can make it valid
+  bool complete() const { return !failed_ && need_ == 0; }  // valid and not inside a character
+ private:
+  std::size_t need_ = 0;           // continuation bytes still expected
+  unsigned char lo_ = 0x80, hi_ = 0xBF;  // range of the next continuation byte
+  bool failed_ = false;
+};
+
 // Decodes the code point starting at s[i] of VALID UTF-8 and advances i.
 inline uint32_t utf8_next(std::string_view s, std::size_t& i) {
   const auto b0 = static_cast<unsigned char>(s[i]);
