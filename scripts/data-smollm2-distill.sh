@@ -5,6 +5,7 @@
 #       train    = KJV Bible (66 books) + Python 3.11 docs (reST sources) + State of the Union addresses (sotu/*.txt)
 #       held-out = moby-dick.txt lines 1-4830 (CHAPTER 1. Loomings. through the end of CHAPTER 31. Queen Mab.),
 #                  one document, the same on every run; its text is OUT_TEXT/heldout.txt (for `hylo perplexity`)
+#       MOBY_REST=1 adds the rest of Moby-Dick (chapters 32-135) to train; the 2026-12-01 run had it off (default).
 #       Needs scripts/setup.sh (text under $HYLO_DATA). CPU, about 10 s.
 #   scripts/data-smollm2-distill.sh distill OUT_TEXT OUT [hylo data options, e.g. --device cuda --dtype bf16]
 #       OUT = OUT_TEXT's documents (held-out unchanged) + NUM_SAMPLES SmolLM2-135M-Instruct continuations of seeded
@@ -26,8 +27,10 @@ case "$step" in
     for p in "$text/moby-dick.txt" "$text/sotu" "$deb/bible-kjv" "$deb/python3.11-doc"; do
       [[ -e "$p" ]] || { echo "$0: $p missing (run scripts/setup.sh)" >&2; exit 1; }
     done
+    extra=()
+    [[ "${MOBY_REST:-0}" == 1 ]] && extra=("$text/moby-dick.txt")  # its lines 1-4830 are cut out as held-out
     exec "$hylo" data --tokenizer "$HYLO_TEACHER_GGUF" --out "$out" --seed "${SEED:-1234}" \
-      "$deb/bible-kjv" "$deb/python3.11-doc" "$text/sotu" \
+      "$deb/bible-kjv" "$deb/python3.11-doc" "$text/sotu" "${extra[@]}" \
       --heldout-lines "$text/moby-dick.txt:1-4830"
     ;;
   distill)

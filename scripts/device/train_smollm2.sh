@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# Issue 7's GPU run: HyLo's staged recipe (recipes/train/smollm2-135m-6mla24gdn.yaml: Enhanced ILD of the pure-MLA
-# and the pure-GDN Stage-I models, assembly, KD) for SmolLM2-135M-Instruct -> 6MLA24GDN on one H200, within one
-# lease, then the held-out perplexity (Moby-Dick ch. 1-31, 2K windows) of the result and of the teacher in the same
-# run. The binaries are built HERE; the teacher GGUF (98 MB) and the tokenized text travel in two calls.
+# Issue 7's GPU run: a SmolLM2-135M-Instruct -> 6MLA24GDN recipe (default recipes/train/smollm2-135m-6mla24gdn.yaml,
+# HyLo's stages: Enhanced ILD of the pure-MLA and pure-GDN Stage-I models, assembly, KD) on one H200 within one
+# lease, then the held-out perplexity (Moby-Dick ch. 1-31, 2K windows) of every final model and of the teacher in
+# the same run, and greedy samples. The binaries are built HERE; the teacher GGUF (98 MB) and the tokenized text
+# travel in two calls. The stages run wave by wave: the stages of a wave take models only from earlier waves and
+# run side by side as `hylo train --stage` processes (the card is mostly idle between one process's launches).
 #
 #   bash scripts/device/train_smollm2.sh build         here: cuda-release hylo + train_step, the tokenized text
 #                                                      dataset, and two carry folders .devwork/train-1 and -2
 #   call 1 (carry .devwork/train-1):  bash scripts/device/train_smollm2.sh measure
 #        stashes what it carries in $W (the machine's disk, kept while the lease is warm) and measures one
-#        optimizer step of the recipe's shapes (train_step, random weights): KD at 8 and 16 x 2K, ILD at 8 x 2K
-#        alone and two at once (the two Stage-I stages run side by side).
+#        optimizer step of the recipe's KD and ILD batches (train_step, random weights), as many processes at once
+#        as the recipe's widest wave runs.
 #   call 2 (carry .devwork/train-2):  bash scripts/device/train_smollm2.sh start [SECONDS]
-#        reassembles the teacher, adds teacher-sampled text to the dataset, upcycles the two Stage-I models and
-#        starts the run of recipes/train/smollm2-135m-6mla24gdn.yaml in its own session (it outlives the call while
-#        the machine is held); then waits. With SIZE_FROM_RATES=1 the recipe's batch and token budgets are first
-#        resized from the measured step times so that the training takes TRAIN_SECONDS (default 900).
+#        reassembles the teacher, adds teacher-sampled text to the dataset (at most SAMPLE_SECONDS, default 150),
+#        upcycles the two Stage-I models and starts the run in its own session (it outlives the call while the
+#        machine is held); then waits. With SIZE_FROM_RATES=1 the recipe's token budgets are first rescaled from
+#        the measured step times so that the training takes TRAIN_SECONDS (default 900).
 #   calls 3+:                         bash scripts/device/train_smollm2.sh wait [SECONDS]
 #        waits up to SECONDS (default 560) for the run, printing progress; when it has finished, packs the metrics,
-#        plots, logs, the recipe used and the evaluation into $OUT/train-smollm2.tar.gz.
-# A call that finds the run still going leaves it going: call `wait` again within the lease's warm window.
+#        plots, logs, the recipe used, the evaluation and the samples into $OUT/train-smollm2.tar.gz.
+# A call that finds the run still going leaves it going: call `wait` again within the lease's warm window (30 s).
+# Environment: RECIPE (a path in the repository), MOBY_REST and NUM_SAMPLES (scripts/data-smollm2-distill.sh),
+# SIZE_FROM_RATES, TRAIN_SECONDS, ILD_SHARE, SAMPLE_SECONDS. The second run's design:
+#   MOBY_REST=1 bash scripts/device/train_smollm2.sh build; then every call with
+#   RECIPE=recipes/train/smollm2-135m-6mla24gdn-v2.yaml SIZE_FROM_RATES=1 (and NUM_SAMPLES for `start`).
+# Dry run of the driver on the CPU (tiny models in $HYLO_TRAIN_WORK/run-inputs, a tiny recipe):
+#   HYLO_TRAIN_WORK=DIR HYLO_TRAIN_DEVICE=cpu RECIPE=/abs/recipe.yaml HYLO_TRAIN_TEACHER=MODEL EVAL_CONTEXT=64 \
+#     bash scripts/device/train_smollm2.sh driver
 set -uo pipefail
 mode="${1:-}"; shift || true
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -276,7 +285,7 @@ start() {
   say "teacher ok; dataset: teacher samples added on the GPU"
   # Teacher-sampled continuations of seeded slices of the training text (prompts masked out of the loss).
   mkdir -p "$W/run-inputs"
-  if ! timeout 150 bash "$root/scripts/data-smollm2-distill.sh" distill "$W/text" "$W/run-inputs/data" --device cuda \
+  if ! timeout "${SAMPLE_SECONDS:-150}" bash "$root/scripts/data-smollm2-distill.sh" distill "$W/text" "$W/run-inputs/data" --device cuda \
       --dtype bf16 --quiet > "$W/data.log" 2>&1; then
     say "teacher sampling failed or ran out of time (tail below); training on the text alone"
     tail -n 5 "$W/data.log"
