@@ -132,12 +132,14 @@ std::vector<Document> generate_teacher_documents(CausalLM& teacher, const tok::T
     return docs;
   }
   engine::Engine eng(teacher, teacher_engine_options(teacher, o, longest + o.max_new_tokens));
-  // Requests go in while fewer than two batches are queued or running, so the engine always has the next prompts
-  // to admit as sequences end, without holding every sample's request at once.
+  // At most `batch` requests are in the engine: a model without recurrent layers has no state slots, and the
+  // scheduler admits sequences while prompt pages are free, so queued requests would run beyond `batch` (and be
+  // preempted when their decode pages run out). A request submitted after a step that ended a sequence is
+  // admitted by the next step, as a queued one would be.
   std::map<engine::SeqId, size_t> sample_of;
   size_t submitted = 0, done = 0;
   auto submit_more = [&] {
-    while (submitted < n && static_cast<int64_t>(sample_of.size()) < 2 * o.batch) {
+    while (submitted < n && static_cast<int64_t>(sample_of.size()) < o.batch) {
       engine::Request r;
       r.prompt = prompts[submitted];
       r.sampling = o.sampling;
