@@ -89,11 +89,12 @@ int run_data(const DataArgs& a) {
               static_cast<long long>(s.heldout_tokens), static_cast<long long>(s.heldout_documents),
               static_cast<long long>(s.sources));
   if (!a.generate_with.empty())
-    std::printf("; teacher: %lld prompt + %lld generated tokens in %.1f s (%.1f tok/s, %lld ended with EOS)",
+    std::printf("; teacher: %lld prompt + %lld generated tokens in %.1f s (%.1f tok/s, %lld ended with EOS, "
+                "%lld preempted)",
                 static_cast<long long>(s.generation.prompt_tokens),
                 static_cast<long long>(s.generation.generated_tokens), s.generation.seconds,
                 s.generation.seconds > 0 ? static_cast<double>(s.generation.generated_tokens) / s.generation.seconds : 0.0,
-                static_cast<long long>(s.generation.eos_stops));
+                static_cast<long long>(s.generation.eos_stops), static_cast<long long>(s.generation.preemptions));
   std::printf(" (%.1f s)\n", s.seconds);
   return 0;
 }
@@ -125,7 +126,8 @@ CommandRun setup_data(CLI::App& app) {
   app.add_option("--temperature", a->temperature, "sampling temperature; 0 = greedy")->capture_default_str();
   app.add_option("--top-p", a->top_p, "nucleus mass; 1 = off")->capture_default_str();
   app.add_option("--top-k", a->top_k, "top-k; 0 = off")->capture_default_str();
-  app.add_option("--gen-batch", a->gen_batch, "samples decoded together (equal prompt lengths per batch)")
+  app.add_option("--gen-batch", a->gen_batch,
+                 "teacher sequences the inference engine runs at once (each group of B shares a prompt length)")
       ->capture_default_str();
   app.add_option("--dtype", a->dtype, "teacher dtype: fp32 or bf16")->capture_default_str();
   app.add_option("--device", a->device, "teacher device: cpu or cuda[:N]")->capture_default_str();

@@ -138,9 +138,12 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), engine_(params
 int64_t Sampler::next(const at::Tensor& logits, std::span<const int64_t> history) {
   at::Tensor processed = process_logits(logits, history, params_);  // [V] fp32
   if (params_.greedy()) return processed.argmax().item<int64_t>();
+  return sample_from_processed(processed, draw_uniform());
+}
+
+double Sampler::draw_uniform() {
   // 53 random bits -> a double in [0, 1), defined bit for bit (std::uniform_real_distribution is not).
-  const double u = static_cast<double>(engine_() >> 11) * 0x1.0p-53;
-  return sample_from_processed(processed, u);
+  return static_cast<double>(engine_() >> 11) * 0x1.0p-53;
 }
 
 }  // namespace hylo

@@ -54,6 +54,11 @@ class Sampler {
   // one uniform drawn from the seeded engine per call.
   int64_t next(const at::Tensor& logits, std::span<const int64_t> history);
 
+  // The uniform in [0, 1) that next() draws when sampling, advancing the same stream: a caller that runs the
+  // processors on many rows at once (the engine, without a repetition penalty) draws each row with
+  // sample_from_processed(row, draw_uniform()) and chooses the token next() would.
+  double draw_uniform();
+
  private:
   SamplingParams params_;
   std::mt19937_64 engine_;

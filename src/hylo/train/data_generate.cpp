@@ -1,16 +1,13 @@
 #include "hylo/train/data_generate.h"
 
-#include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
-
 #include <algorithm>
 #include <chrono>
-#include <random>
+#include <map>
 #include <set>
 
 #include "hylo/core/file_util.h"
 #include "hylo/core/progress.h"
-#include "hylo/infer/generate.h"
+#include "hylo/infer/engine/cache_pool.h"
 #include "hylo/train/data_shuffle.h"
 
 namespace hylo::train {
@@ -66,77 +63,39 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Decodes rows of equal-length prompts together; returns each row's generated ids (EOS included, as generate()).
-std::vector<std::vector<int64_t>> generate_batch(CausalLM& teacher, const std::vector<std::vector<int64_t>>& prompts,
-                                                 const std::vector<uint64_t>& seeds, const TeacherSampleOptions& o,
-                                                 const std::set<int64_t>& eos, ProgressBar* bar) {
-  c10::InferenceMode inference_mode;
-  const auto B = static_cast<int64_t>(prompts.size());
-  const auto L = static_cast<int64_t>(prompts[0].size());
-  const auto long_options = at::TensorOptions().dtype(at::kLong).device(teacher.options().device());
-  std::vector<Sampler> samplers;
-  std::vector<std::vector<int64_t>> history(prompts), out(static_cast<size_t>(B));
-  std::vector<int64_t> flat;
-  for (int64_t b = 0; b < B; ++b) {
-    SamplingParams p = o.sampling;
-    p.seed = seeds[static_cast<size_t>(b)];
-    samplers.emplace_back(p);
-    flat.insert(flat.end(), prompts[static_cast<size_t>(b)].begin(), prompts[static_cast<size_t>(b)].end());
+// The engine for `o`: `o.batch` sequences at once; on the CPU without a budget, pools for `o.batch` sequences of
+// `tokens_per_sequence` tokens (the probe budget only reads the per-page and per-slot sizes).
+engine::EngineOptions teacher_engine_options(const CausalLM& teacher, const TeacherSampleOptions& o,
+                                             int64_t tokens_per_sequence) {
+  engine::EngineOptions e = o.engine;
+  e.max_sequences = o.batch;
+  e.max_step_tokens = std::max(e.max_step_tokens, o.batch);  // one decode token per running sequence fits a step
+  if (e.memory_bytes == 0 && !teacher.options().device().is_cuda()) {
+    engine::EngineOptions probe = e;
+    probe.memory_bytes = int64_t{1} << 40;
+    const engine::MemoryPlan unit = engine::CachePools::plan(teacher, probe);
+    const int64_t pages = (tokens_per_sequence + e.page_size - 1) / e.page_size;
+    e.memory_bytes = std::max<int64_t>(1, o.batch * pages * unit.bytes_per_page +
+                                              (o.batch + e.prefix_snapshots) * unit.bytes_per_slot);
   }
-  std::unique_ptr<ModelState> state = teacher.new_state(B, L + o.max_new_tokens);
-  at::Tensor ids = at::tensor(flat, at::TensorOptions().dtype(at::kLong)).view({B, L}).to(long_options);  // [B, L]
-  at::Tensor hidden = teacher.forward_hidden(ids, state.get());                                       // [B, L, D]
-  at::Tensor logits = teacher.lm_head(hidden.select(1, L - 1));                                       // [B, V] fp32
-  std::vector<bool> done(static_cast<size_t>(B), false);
-  std::vector<int64_t> last(static_cast<size_t>(B), 0);
-  // Without a repetition penalty (the only history-dependent processor) the processors run once on the whole
-  // [B, V] block and the rows are drawn on the host in parallel: one device round trip per step instead of B.
-  // Each row draws its uniform exactly as Sampler::next does, from an engine seeded like that row's Sampler, so
-  // both paths choose the same tokens from the same logits (tested against one-at-a-time generation).
-  const SamplingParams& sp = o.sampling;
-  const bool block = sp.repetition_penalty == 1.0;
-  std::vector<std::mt19937_64> engines;
-  for (int64_t b = 0; b < B; ++b) engines.emplace_back(seeds[static_cast<size_t>(b)]);
-  std::vector<int64_t> chosen(static_cast<size_t>(B), 0);
-  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    if (block) {
-      at::Tensor x = logits.to(at::kFloat);  // [B, V] fp32
-      if (sp.greedy()) {
-        at::Tensor arg = x.argmax(-1).to(at::kCPU);  // [B]
-        for (int64_t b = 0; b < B; ++b) chosen[static_cast<size_t>(b)] = arg[b].item<int64_t>();
-      } else {
-        if (sp.temperature != 1.0) x = x / sp.temperature;
-        x = apply_min_p(apply_top_p(apply_top_k(x, sp.top_k), sp.top_p), sp.min_p);
-        at::Tensor host = x.to(at::kCPU).contiguous();  // [B, V] fp32
-        std::vector<double> u(static_cast<size_t>(B), 0.0);
-        for (int64_t b = 0; b < B; ++b)
-          if (!done[static_cast<size_t>(b)]) u[static_cast<size_t>(b)] = static_cast<double>(engines[static_cast<size_t>(b)]() >> 11) * 0x1.0p-53;
-        at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t b = begin; b < end; ++b)
-            if (!done[static_cast<size_t>(b)]) chosen[static_cast<size_t>(b)] = sample_from_processed(host[b], u[static_cast<size_t>(b)]);
-        });
-      }
-    }
-    int64_t active = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      const auto bi = static_cast<size_t>(b);
-      if (done[bi]) continue;
-      const int64_t next = block ? chosen[bi] : samplers[bi].next(logits[b], history[bi]);
-      history[bi].push_back(next);
-      out[bi].push_back(next);
-      last[bi] = next;
-      ++active;
-      if (eos.count(next)) {
-        done[bi] = true;
-        if (bar) bar->advance(o.max_new_tokens - static_cast<int64_t>(out[bi].size()));  // unused budget
-      }
-    }
-    if (bar) bar->advance(active);
-    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; }) || step + 1 == o.max_new_tokens) break;
-    at::Tensor step_ids = at::tensor(last, at::TensorOptions().dtype(at::kLong)).view({B, 1}).to(long_options);  // [B, 1]
-    logits = teacher.forward(step_ids, state.get()).select(1, 0);                                             // [B, V]
+  e.validate();
+  return e;
+}
+
+Document teacher_document(const std::vector<int64_t>& prompt, const std::vector<int64_t>& generated, bool ended,
+                          const DocConvention& conv, bool mask_prompt) {
+  Document d;
+  d.tokens.assign(prompt.begin(), prompt.end());
+  d.tokens.insert(d.tokens.end(), generated.begin(), generated.end());
+  if (mask_prompt) {
+    d.mask.assign(prompt.size(), 0);
+    d.mask.insert(d.mask.end(), generated.size(), 1);
   }
-  return out;
+  if (!ended && conv.doc_end_id) {
+    d.tokens.push_back(static_cast<uint32_t>(*conv.doc_end_id));
+    if (mask_prompt) d.mask.push_back(0);  // the teacher did not end here: not a target
+  }
+  return d;
 }
 
 }  // namespace
@@ -148,64 +107,76 @@ std::vector<Document> generate_teacher_documents(CausalLM& teacher, const tok::T
   if (o.num_samples < 0) throw Error("--num-samples must be >= 0");
   if (o.max_new_tokens < 1) throw Error("--max-new-tokens must be >= 1, got " + std::to_string(o.max_new_tokens));
   o.sampling.validate();
-  const std::vector<std::vector<int32_t>> prompts = draw_prompts(corpus, o);
-  std::set<int64_t> eos(teacher.config().eos_token_ids.begin(), teacher.config().eos_token_ids.end());
-  for (int32_t id : tokenizer.eos_ids()) eos.insert(id);
+  const std::vector<std::vector<int32_t>> slices = draw_prompts(corpus, o);
+  std::set<int64_t> eos_set(teacher.config().eos_token_ids.begin(), teacher.config().eos_token_ids.end());
+  for (int32_t id : tokenizer.eos_ids()) eos_set.insert(id);
+  const std::vector<int64_t> eos(eos_set.begin(), eos_set.end());
+
+  const auto n = static_cast<size_t>(o.num_samples);
+  std::vector<std::vector<int64_t>> prompts(n);
+  int64_t longest = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (conv.bos_added && conv.bos_id) prompts[i].push_back(*conv.bos_id);
+    prompts[i].insert(prompts[i].end(), slices[i].begin(), slices[i].end());
+    longest = std::max(longest, static_cast<int64_t>(prompts[i].size()));
+  }
 
   std::unique_ptr<ProgressBar> bar;
   if (o.progress) bar = std::make_unique<ProgressBar>("teacher samples", o.num_samples * o.max_new_tokens, "tok");
   GenerationStats st;
   const auto t0 = Clock::now();
-  std::vector<Document> docs;
-  for (int64_t g0 = 0; g0 < o.num_samples; g0 += o.batch) {
-    const int64_t B = std::min(o.batch, o.num_samples - g0);
-    std::vector<std::vector<int64_t>> group_prompts;
-    std::vector<uint64_t> seeds;
-    for (int64_t b = 0; b < B; ++b) {
-      std::vector<int64_t> p;
-      if (conv.bos_added && conv.bos_id) p.push_back(*conv.bos_id);
-      const auto& slice = prompts[static_cast<size_t>(g0 + b)];
-      p.insert(p.end(), slice.begin(), slice.end());
-      group_prompts.push_back(std::move(p));
-      seeds.push_back(derive_seed(o.sampling.seed, kStreamSampler + static_cast<uint64_t>(g0 + b)));
+  std::vector<Document> docs(n);
+  if (n == 0) {
+    if (bar) bar->finish();
+    if (stats) *stats = st;
+    return docs;
+  }
+  engine::Engine eng(teacher, teacher_engine_options(teacher, o, longest + o.max_new_tokens));
+  // At most `batch` requests are in the engine: a model without recurrent layers has no state slots, and the
+  // scheduler admits sequences while prompt pages are free, so queued requests would run beyond `batch` (and be
+  // preempted when their decode pages run out). A request submitted after a step that ended a sequence is
+  // admitted by the next step, as a queued one would be.
+  std::map<engine::SeqId, size_t> sample_of;
+  size_t submitted = 0, done = 0;
+  auto submit_more = [&] {
+    while (submitted < n && static_cast<int64_t>(sample_of.size()) < o.batch) {
+      engine::Request r;
+      r.prompt = prompts[submitted];
+      r.sampling = o.sampling;
+      r.sampling.seed = derive_seed(o.sampling.seed, kStreamSampler + static_cast<uint64_t>(submitted));
+      r.max_new_tokens = o.max_new_tokens;
+      r.stop_ids = eos;
+      sample_of.emplace(eng.submit(std::move(r)), submitted++);
     }
-    std::vector<std::vector<int64_t>> generated;
-    if (o.batch == 1) {
-      GenerateOptions go;
-      go.sampling = o.sampling;
-      go.sampling.seed = seeds[0];
-      go.max_new_tokens = o.max_new_tokens;
-      const GenerateResult r = generate(teacher, &tokenizer, group_prompts[0], go);
-      generated.push_back(r.ids);
-      if (bar) bar->advance(o.max_new_tokens);
-    } else {
-      generated = generate_batch(teacher, group_prompts, seeds, o, eos, bar.get());
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      const auto& p = group_prompts[static_cast<size_t>(b)];
-      const auto& g = generated[static_cast<size_t>(b)];
-      Document d;
-      d.tokens.assign(p.begin(), p.end());
-      d.tokens.insert(d.tokens.end(), g.begin(), g.end());
-      if (o.mask_prompt) {
-        d.mask.assign(p.size(), 0);
-        d.mask.insert(d.mask.end(), g.size(), 1);
-      }
-      const bool ended = !g.empty() && eos.count(g.back());
-      if (ended) ++st.eos_stops;
-      if (!ended && conv.doc_end_id) {
-        d.tokens.push_back(static_cast<uint32_t>(*conv.doc_end_id));
-        if (o.mask_prompt) d.mask.push_back(0);  // the teacher did not end here: not a target
-      }
+  };
+  submit_more();
+  while (eng.has_work()) {
+    for (const engine::Event& e : eng.step()) {
+      if (e.token >= 0 && bar) bar->advance(1);
+      if (e.finish == engine::FinishReason::kNone) continue;
+      const size_t i = sample_of.at(e.seq);
+      if (e.finish == engine::FinishReason::kError)
+        throw Error("teacher sample " + std::to_string(i) + ": the engine failed: " + e.error);
+      const std::vector<int64_t>& generated = eng.result(e.seq).output;
+      const bool ended = e.finish == engine::FinishReason::kEos;
+      if (bar) bar->advance(o.max_new_tokens - static_cast<int64_t>(generated.size()));  // unused budget
+      Document d = teacher_document(prompts[i], generated, ended, conv, o.mask_prompt);
       std::vector<int32_t> ids32(d.tokens.begin(), d.tokens.end());
       d.text = tokenizer.decode(ids32, /*skip_special_tokens=*/true);
-      d.origin = DocumentOrigin{source, g0 + b, -1, -1, -1, -1};
-      st.prompt_tokens += static_cast<int64_t>(p.size());
-      st.generated_tokens += static_cast<int64_t>(g.size());
-      docs.push_back(std::move(d));
+      d.origin = DocumentOrigin{source, static_cast<int64_t>(i), -1, -1, -1, -1};
+      if (ended) ++st.eos_stops;
+      st.prompt_tokens += static_cast<int64_t>(prompts[i].size());
+      st.generated_tokens += static_cast<int64_t>(generated.size());
+      docs[i] = std::move(d);
+      eng.release(e.seq);
+      sample_of.erase(e.seq);
+      ++done;
+      if (bar) bar->set_status(std::to_string(done) + "/" + std::to_string(n) + " samples");
     }
+    submit_more();
   }
   if (bar) bar->finish();
+  st.preemptions = eng.stats().preemptions;
   st.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (stats) *stats = st;
   return docs;

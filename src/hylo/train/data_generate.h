@@ -5,22 +5,21 @@
 // Prompts: the prompt files are tokenized (no special tokens); for group g of `batch` samples a length L is
 // drawn uniformly from [min_prompt_tokens, max_prompt_tokens], and each sample of the group takes L consecutive
 // tokens starting at a uniformly drawn position of one file (slices never cross files); BOS is prepended when
-// the model's convention adds one. Sample i samples with its own seed, derived from (seed, i), so its tokens do
-// not depend on which other samples share its batch (up to the floating-point effect of the batch size on
-// the logits).
+// the model's convention adds one. Sample i samples with its own seed, derived from (seed, i).
 //
-// batch == 1 runs the existing infer/generate.h loop per sample. batch > 1 prefills the group's equal-length
-// prompts in one [B, L] forward and decodes all rows together, one [B, 1] forward per step; a row that has
-// stopped keeps feeding its last token (its output is ignored) until every row has stopped. Tokens are chosen
-// with infer/sampler.h: without a repetition penalty its processors run once on the [B, V] block and each row
-// draws with sample_from_processed and a uniform taken as Sampler::next takes it; with one, each row has its
-// own Sampler.
+// Generation runs on the inference engine (infer/engine/engine.h): every sample is one Request (its prompt, its
+// seed, the run's sampling parameters, max_new_tokens, the EOS ids as stop ids), at most `batch` sequences run at
+// once with continuous batching, and each picks its tokens with its own infer/sampler.h Sampler, as generate()
+// does. So sample i is what generate() gives for its prompt and seed, up to the rounding by which the engine's
+// logits (paged caches, chunked prefill, rows batched with whatever else runs) differ from generate()'s: on the
+// CPU in fp32 the tokens agree (tested); in bf16 on a GPU a near-tie can resolve differently with the batch.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <vector>
 
+#include "hylo/infer/engine/engine.h"
 #include "hylo/infer/sampler.h"
 #include "hylo/io/tokenizer/tokenizer.h"
 #include "hylo/model/causal_lm.h"
@@ -34,10 +33,14 @@ struct TeacherSampleOptions {
   int64_t max_new_tokens = 256;
   int64_t min_prompt_tokens = 16;
   int64_t max_prompt_tokens = 128;
-  int64_t batch = 1;
+  int64_t batch = 1;            // sequences the engine runs at once (and samples sharing a prompt length)
   SamplingParams sampling;     // sampling.seed is the run's seed
   bool mask_prompt = false;
   bool progress = true;        // a ProgressBar over generated tokens
+  // The engine's pools and scheduling; max_sequences is replaced by `batch` (max_step_tokens raised to it when
+  // below). memory_bytes 0: on a GPU the engine's rule (gpu_memory_fraction of the free memory), on the CPU
+  // what `batch` sequences of the longest prompt plus max_new_tokens need.
+  engine::EngineOptions engine;
 };
 
 struct PromptCorpus {
@@ -52,6 +55,7 @@ std::vector<std::vector<int32_t>> draw_prompts(const PromptCorpus& corpus, const
 
 struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0, eos_stops = 0;
+  int64_t preemptions = 0;  // sequences the engine preempted (pages ran out) and recomputed later
   double seconds = 0.0;
 };
 

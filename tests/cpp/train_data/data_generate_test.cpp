@@ -1,10 +1,16 @@
-// Teacher-generated data with a tiny random model over the GPT-2 vocabulary: the samples are a pure function
-// of the seed, batched decoding gives the one-at-a-time tokens, prompts are slices of the prompt text, and
-// --mask-prompt leaves only generated tokens as targets.
+// Teacher-generated data with tiny random models: the samples are a pure function of the seed, the engine gives
+// each sample the tokens of the reference loop (infer/generate.h generate()) for its prompt and seed, prompts are
+// slices of the prompt text, and --mask-prompt leaves only generated tokens as targets.
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "data_test_util.h"
+#include "hylo/infer/engine/cache_pool.h"
+#include "hylo/infer/generate.h"
 #include "hylo/train/data_generate.h"
+#include "hylo/train/data_shuffle.h"
+#include "shared/tiny_models.h"
 
 namespace hylo::train {
 namespace {
@@ -106,31 +112,120 @@ TEST_F(TeacherSamples, PromptsAreSlicesOfOneFileAndMaskedOut) {
   }
 }
 
-TEST_F(TeacherSamples, BatchedDecodingGivesTheOneAtATimeTokens) {
-  // Greedy, and one prompt length for all, so batch 1 and batch 3 see the same prompts.
-  TeacherSampleOptions o = options(9);
-  o.sampling.temperature = 0.0;
-  o.min_prompt_tokens = o.max_prompt_tokens = 7;
-  const auto single = run(o);
-  o.batch = 3;  // 5 samples: a full batch and a partial one
-  const auto batched = run(o);
-  EXPECT_EQ(tokens_of(single), tokens_of(batched));
-  // Sampling: the batched block path draws each row's uniform as its Sampler would, so it gives the
-  // one-at-a-time tokens too (the logits of a [B, 1] and a [1, 1] forward differ by rounding only, far below
-  // what would move a draw across a token boundary here).
-  TeacherSampleOptions s = options(9);
-  s.min_prompt_tokens = s.max_prompt_tokens = 6;
-  s.max_new_tokens = 12;
-  const auto sampled_single = run(s);
-  s.batch = 2;
-  EXPECT_EQ(tokens_of(run(s)), tokens_of(sampled_single));
-  EXPECT_EQ(tokens_of(run(s)), tokens_of(run(s)));
-  // With a repetition penalty the batched path uses one Sampler per row: still the one-at-a-time tokens.
-  s.sampling.repetition_penalty = 1.3;
-  s.batch = 1;
-  const auto penalised_single = run(s);
-  s.batch = 4;
-  EXPECT_EQ(tokens_of(run(s)), tokens_of(penalised_single));
+// What generate_teacher_documents must give, from the reference loop one sample at a time: sample i is its prompt
+// (BOS when the convention adds one) + generate() with seed (seed, i) + the document end unless it ended with EOS.
+std::vector<std::vector<uint32_t>> reference_tokens(CausalLM& model, const tok::Tokenizer& tok,
+                                                    const DocConvention& conv, const PromptCorpus& corpus,
+                                                    const TeacherSampleOptions& o, int64_t* eos_stops) {
+  std::vector<std::vector<uint32_t>> out;
+  const auto prompts = draw_prompts(corpus, o);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<int64_t> prompt;
+    if (conv.bos_added && conv.bos_id) prompt.push_back(*conv.bos_id);
+    prompt.insert(prompt.end(), prompts[i].begin(), prompts[i].end());
+    GenerateOptions go;
+    go.sampling = o.sampling;
+    go.sampling.seed = derive_seed(o.sampling.seed, kStreamSampler + i);
+    go.max_new_tokens = o.max_new_tokens;
+    const GenerateResult r = generate(model, &tok, prompt, go);
+    std::vector<uint32_t> t(prompt.begin(), prompt.end());
+    t.insert(t.end(), r.ids.begin(), r.ids.end());
+    if (r.stop_reason == StopReason::kEos) ++*eos_stops;
+    else if (conv.doc_end_id) t.push_back(static_cast<uint32_t>(*conv.doc_end_id));
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+struct EngineCase {
+  uint64_t seed;
+  double temperature, top_p;
+  int64_t top_k, batch;
+  double repetition_penalty = 1.0;
+};
+
+const EngineCase kEngineCases[] = {
+    {1, 0.0, 1.0, 0, 3},          // greedy
+    {2, 1.0, 0.9, 0, 2},          // top-p
+    {3, 0.7, 1.0, 20, 4},         // temperature and top-k
+    {4, 1.3, 0.95, 0, 1},         // one sequence at a time
+    {5, 0.8, 1.0, 0, 3, 1.3},     // repetition penalty
+};
+
+TEST_F(TeacherSamples, EngineGivesTheReferenceTokensOfEverySample) {
+  for (const EngineCase& c : kEngineCases) {
+    TeacherSampleOptions o = options(c.seed);
+    o.num_samples = 7;        // a partial last group: prompts of different lengths run side by side
+    o.max_new_tokens = 10;
+    o.sampling.temperature = c.temperature;
+    o.sampling.top_p = c.top_p;
+    o.sampling.top_k = c.top_k;
+    o.sampling.repetition_penalty = c.repetition_penalty;
+    o.batch = c.batch;
+    int64_t eos_stops = 0;
+    const auto expected = reference_tokens(*model_, *tok_, conv_, corpus_, o, &eos_stops);
+    GenerationStats st;
+    const auto docs = generate_teacher_documents(*model_, *tok_, conv_, corpus_, o, 0, &st);
+    EXPECT_EQ(tokens_of(docs), expected) << "seed " << c.seed;
+    EXPECT_EQ(st.eos_stops, eos_stops);
+  }
+}
+
+// The hybrid of tests/cpp/shared (GQA, MLA, GDN and Mamba2 layers) over 101 ids, five of them EOS, so that samples
+// end inside their budget; prompts are random ids. The engine runs with 4-token pages, and (second pass) with
+// pools for fewer tokens than the running sequences want, so that sequences are preempted and recomputed, and with
+// the bucketed decode of the CUDA graphs run eagerly.
+TEST_F(TeacherSamples, HybridEngineSamplesEndAtEosAsTheReferenceDoes) {
+  ModelConfig config = mixed_config();
+  config.eos_token_ids = {3, 17, 42, 64, 90};
+  auto model = CausalLM::random(config, 11);
+  PromptCorpus corpus;
+  std::mt19937_64 rng(5);
+  for (int f = 0; f < 3; ++f) {
+    std::vector<int32_t> ids(static_cast<size_t>(20 + 7 * f));
+    for (auto& t : ids) t = static_cast<int32_t>(rng() % 101);
+    corpus.files.push_back(std::move(ids));
+  }
+  engine::EngineOptions paged;
+  paged.page_size = 4;
+  paged.prefill_chunk = 8;
+  engine::EngineOptions tight = paged;
+  {
+    engine::EngineOptions probe = paged;
+    probe.memory_bytes = int64_t{1} << 40;
+    const engine::MemoryPlan unit = engine::CachePools::plan(*model, probe);
+    tight.memory_bytes = 12 * unit.bytes_per_page + 5 * unit.bytes_per_slot;  // 48 tokens for 4 sequences
+    tight.bucketed_decode_on_cpu = true;
+  }
+  int64_t total_eos = 0, total_length = 0, tight_preemptions = 0;
+  for (const engine::EngineOptions& eo : {paged, tight}) {
+    for (const EngineCase& c : kEngineCases) {
+      TeacherSampleOptions o = options(c.seed);
+      o.num_samples = 9;
+      o.max_new_tokens = 14;
+      o.min_prompt_tokens = 3;
+      o.max_prompt_tokens = 12;
+      o.sampling.temperature = c.temperature;
+      o.sampling.top_p = c.top_p;
+      o.sampling.top_k = c.top_k;
+      o.sampling.repetition_penalty = c.repetition_penalty;
+      o.batch = c.batch;
+      o.engine = eo;
+      int64_t eos_stops = 0;
+      const auto expected = reference_tokens(*model, *tok_, conv_, corpus, o, &eos_stops);
+      GenerationStats st;
+      const auto docs = generate_teacher_documents(*model, *tok_, conv_, corpus, o, 0, &st);
+      EXPECT_EQ(tokens_of(docs), expected) << "seed " << c.seed << (eo.bucketed_decode_on_cpu ? " tight" : "");
+      EXPECT_EQ(st.eos_stops, eos_stops);
+      total_eos += st.eos_stops;
+      total_length += o.num_samples - st.eos_stops;
+      if (eo.bucketed_decode_on_cpu) tight_preemptions += st.preemptions;
+    }
+  }
+  // Both ways of ending occur, so the comparison above covered samples that end inside their budget.
+  EXPECT_GT(total_eos, 0);
+  EXPECT_GT(total_length, 0);
+  EXPECT_GT(tight_preemptions, 0);  // the tight pools did preempt, so recomputation was compared too
 }
 
 TEST_F(TeacherSamples, PromptLongerThanEveryFileIsAnError) {

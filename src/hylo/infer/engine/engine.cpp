@@ -1,10 +1,12 @@
 #include "hylo/infer/engine/engine.h"
 
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <tuple>
 #include <unordered_set>
 
 #include "hylo/core/result.h"
@@ -50,6 +52,8 @@ struct Engine::Impl {
   void finish(Sequence& s, FinishReason reason, std::vector<Event>& events, const std::string& error = {});
   void record_rows(Sequence& s, const ScheduledChunk& c, const StepOutput& out, size_t k);
   void choose_next(const std::vector<ScheduledChunk>& chunks, const StepOutput& out, std::vector<Event>& events);
+  // The sampled choice of each picker's row of logits [R, V]; -1 for the greedy rows without a penalty.
+  std::vector<int64_t> sample_rows(const std::vector<Sequence*>& pickers, const at::Tensor& logits);
 };
 
 void Engine::Impl::finish(Sequence& s, FinishReason reason, std::vector<Event>& events, const std::string& error) {
@@ -98,6 +102,39 @@ void Engine::Impl::record_rows(Sequence& s, const ScheduledChunk& c, const StepO
   }
 }
 
+// Rows sampled without a repetition penalty (the one processor that reads the history) are processed in blocks
+// of equal parameters, [G, V] at a time with the same infer/sampler.h processors, and come to the host in one copy
+// per block; each row then draws with its own Sampler's next uniform (Sampler::draw_uniform), so it picks the
+// token Sampler::next would pick from the same logits, without a device round trip per sequence. Rows with a
+// repetition penalty go through Sampler::next one by one.
+std::vector<int64_t> Engine::Impl::sample_rows(const std::vector<Sequence*>& pickers, const at::Tensor& logits) {
+  std::vector<int64_t> token(pickers.size(), -1);
+  std::map<std::tuple<double, int64_t, double, double>, std::vector<int64_t>> blocks;  // parameters -> rows
+  for (size_t i = 0; i < pickers.size(); ++i) {
+    Sequence& s = *pickers[i];
+    const SamplingParams& sp = s.request.sampling;
+    if (sp.repetition_penalty != 1.0)
+      token[i] = s.sampler->next(logits[static_cast<int64_t>(i)], s.tokens);
+    else if (!sp.greedy())
+      blocks[{sp.temperature, sp.top_k, sp.top_p, sp.min_p}].push_back(static_cast<int64_t>(i));
+  }
+  for (const auto& [key, rows] : blocks) {
+    const auto& [temperature, top_k, top_p, min_p] = key;
+    at::Tensor x = logits.index_select(0, at::tensor(rows, at::kLong).to(logits.device())).to(at::kFloat);  // [G, V]
+    if (temperature != 1.0) x = x / temperature;
+    x = apply_min_p(apply_top_p(apply_top_k(x, top_k), top_p), min_p);
+    const at::Tensor host = x.to(at::kCPU).contiguous();  // [G, V] fp32
+    const auto G = static_cast<int64_t>(rows.size());
+    std::vector<double> u(rows.size());
+    for (size_t g = 0; g < rows.size(); ++g) u[g] = pickers[static_cast<size_t>(rows[g])]->sampler->draw_uniform();
+    at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        token[static_cast<size_t>(rows[static_cast<size_t>(g)])] = sample_from_processed(host[g], u[static_cast<size_t>(g)]);
+    });
+  }
+  return token;
+}
+
 void Engine::Impl::choose_next(const std::vector<ScheduledChunk>& chunks, const StepOutput& out,
                                std::vector<Event>& events) {
   // The sequences whose chunk reached the end of their tokens pick their next token from their last row.
@@ -122,18 +159,25 @@ void Engine::Impl::choose_next(const std::vector<ScheduledChunk>& chunks, const 
   at::Tensor greedy_lp = logits.gather(1, argmax.unsqueeze(1)).squeeze(1) - lse;                            // [R]
   at::Tensor host = at::stack({argmax.to(at::kDouble), greedy_lp.to(at::kDouble)}).to(at::kCPU);           // [2, R]
   auto h = host.accessor<double, 2>();
+  const std::vector<int64_t> sampled = sample_rows(pickers, logits);  // -1 for the greedy rows of h
+  at::Tensor sampled_lp;                                              // [R] fp64 host: log p of sampled[i]
+  if (std::any_of(sampled.begin(), sampled.end(), [](int64_t t) { return t >= 0; })) {
+    std::vector<int64_t> ids(sampled.size());
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = std::max<int64_t>(sampled[i], 0);
+    at::Tensor chosen = at::tensor(ids, at::kLong).to(logits.device()).unsqueeze(1);               // [R, 1]
+    sampled_lp = (logits.gather(1, chosen).squeeze(1) - lse).to(at::kCPU, at::kDouble).contiguous();  // [R]
+  }
   for (size_t i = 0; i < pickers.size(); ++i) {
     Sequence& s = *pickers[i];
     const auto r = static_cast<int64_t>(i);
-    const SamplingParams& sp = s.request.sampling;
     Event e;
     e.seq = s.id;
-    if (sp.greedy() && sp.repetition_penalty == 1.0) {
+    if (sampled[i] < 0) {
       e.token = static_cast<int64_t>(h[0][r]);
       e.logprob = h[1][r];
     } else {
-      e.token = s.sampler->next(logits[r], s.tokens);
-      e.logprob = (logits[r][e.token] - lse[r]).item<double>();
+      e.token = sampled[i];
+      e.logprob = sampled_lp.data_ptr<double>()[r];
     }
     if (s.request.top_logprobs > 0) {
       auto [values, indices] = at::topk(logits[r] - lse[r], std::min<int64_t>(s.request.top_logprobs, logits.size(1)));
