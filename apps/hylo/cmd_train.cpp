@@ -48,7 +48,11 @@ int launch_ranks(const TrainArgs& a) {
   train::LaunchOptions lo;
   lo.nproc = a.nproc;
   train::LaunchReport report = train::launch_local_ranks(argv, lo).value_or_throw();
-  if (report.exit_code() != 0) std::fprintf(stderr, "error: hylo train --nproc %d: %s\n", a.nproc, report.message.c_str());
+  if (report.first_failed_rank >= 0)
+    std::fprintf(stderr, "error: hylo train --nproc %d: %s\n", a.nproc, report.message.c_str());
+  else if (report.stopped_by_signal != 0)
+    std::fprintf(stderr, "hylo train --nproc %d: every rank stopped at the same step with a checkpoint; continue with "
+                 "--resume\n", a.nproc);
   return report.exit_code();
 }
 

@@ -22,7 +22,8 @@
 #        plots, logs, the recipe used, the evaluation and the samples into $OUT/train-smollm2.tar.gz.
 # A call that finds the run still going leaves it going: call `wait` again within the lease's warm window (30 s).
 # Environment: RECIPE (a path in the repository), MOBY_REST and NUM_SAMPLES (scripts/data-smollm2-distill.sh),
-# SIZE_FROM_RATES, TRAIN_SECONDS, ILD_SHARE, SAMPLE_SECONDS. The second run's design:
+# SIZE_FROM_RATES, TRAIN_SECONDS, ILD_SHARE, SAMPLE_SECONDS, GROUP_OF_ONE_STAGES (stage names run as a one-rank
+# data-parallel job: NCCL on the GPU). The second run's design:
 #   MOBY_REST=1 bash scripts/device/train_smollm2.sh build; then every call with
 #   RECIPE=recipes/train/smollm2-135m-6mla24gdn-v2.yaml SIZE_FROM_RATES=1 (and NUM_SAMPLES for `start`).
 # Dry run of the driver on the CPU (tiny models in $HYLO_TRAIN_WORK/run-inputs, a tiny recipe):
@@ -202,7 +203,12 @@ driver() {
     say "wave: $wave" >> "$W/driver.log"
     pids=()
     for name in $wave; do
-      "$hylo" train --recipe "$(recipe)" --out "$W/run" --device "$DEV" --stage "$name" > "$W/$name.log" 2>&1 &
+      # GROUP_OF_ONE_STAGES: these stages run as one rank of a data-parallel job (NCCL on the GPU, issue 12's
+      # single-device check); their results must match a plain process's.
+      local dp=()
+      [[ " ${GROUP_OF_ONE_STAGES:-} " == *" $name "* ]] && dp=(HYLO_DIST_GROUP_OF_ONE=1 MASTER_PORT=$(( 29500 + ${#pids[@]} )))
+      env "${dp[@]}" "$hylo" train --recipe "$(recipe)" --out "$W/run" --device "$DEV" --stage "$name" \
+        > "$W/$name.log" 2>&1 &
       pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p" || rc=$?; done

@@ -89,7 +89,8 @@ def run_inputs(tmp_path_factory):
          "--heldout-docs", "4", "--doc-end", "none", "--quiet")
     # 600 steps of 2 x 16 tokens: far more than the seconds before the signal.
     (tmp / "recipe.yaml").write_text(f"""name: tiny-kd
-defaults: {{teacher: teacher, data: data, seq_len: 16, batch: 2, precision: fp32, log_every: 1, eval_every: 0,
+defaults: {{teacher: teacher, data: data, seq_len: 16, batch: 2, micro_batch: 1, precision: fp32, log_every: 1,
+           eval_every: 0,
            checkpoint_every: 100000}}
 stages:
   - {{name: kd, kind: kd, student: student, tokens: {600 * 2 * 16}, lr: 1.0e-3}}
@@ -135,6 +136,31 @@ def test_sigterm_checkpoints_the_step_and_resume_continues(run_inputs):
     resumed = json.loads((out / "kd" / "train_state" / "state.json").read_text())
     assert resumed["step"] == state["step"] + 2
     assert metrics_steps(out / "kd" / "metrics.jsonl") == list(range(1, resumed["step"] + 1))
+
+
+def test_sigterm_to_the_nproc_launcher_stops_every_rank_in_order(run_inputs):
+    """`hylo train --nproc 2` (two Gloo ranks): the launcher forwards the signal once, every rank checkpoints the
+    same step (each its own ZeRO-1 optimizer file) and the launcher exits 143 without calling it a failure."""
+    out = run_inputs / "run-nproc"
+    p = subprocess.Popen([HYLO, "train", "--nproc", "2", "--recipe", run_inputs / "recipe.yaml", "--out", out,
+                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while max(metrics_steps(out / "kd" / "metrics.jsonl"), default=0) < 2:
+        assert p.poll() is None, f"hylo train --nproc 2 ended early ({p.returncode}):\n{p.stderr.read()}"
+        assert time.time() < deadline, "no training step logged within 300 s"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "every rank stopped at the same step with a checkpoint; continue with --resume" in err, err
+    assert "error" not in err.lower(), err
+    state_dir = out / "kd" / "train_state"
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["step"] == max(metrics_steps(out / "kd" / "metrics.jsonl")) >= 2
+    assert (state_dir / "optimizer.rank0.safetensors").exists() and (state_dir / "optimizer.rank1.safetensors").exists()
+    r = hylo("train", "--nproc", "2", "--recipe", run_inputs / "recipe.yaml", "--out", out, "--resume",
+             "--stop-after", "1", "--quiet")
+    assert json.loads((state_dir / "state.json").read_text())["step"] == state["step"] + 1
 
 
 def test_stage_option_refuses_unknown_and_unready_stages(run_inputs):

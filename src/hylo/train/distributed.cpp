@@ -31,11 +31,20 @@ bool is_loopback(const std::string& addr) {
 
 }  // namespace
 
+bool group_of_one_requested() {
+  const char* v = std::getenv("HYLO_DIST_GROUP_OF_ONE");
+  return v != nullptr && std::string(v) == "1";
+}
+
 Result<DistEnv> dist_env_from_environment() {
   DistEnv env;
   HYLO_TRY(auto world, env_int("WORLD_SIZE", 1, 1 << 16));
   HYLO_TRY(auto rank, env_int("RANK", 0, (1 << 16) - 1));
-  if (!world && !rank) return env;  // not launched as a rank: one process
+  if (!world && !rank && !group_of_one_requested()) return env;  // not launched as a rank: one process
+  if (!world && !rank) {
+    world = 1;  // a group of one asked for without a launcher
+    rank = 0;
+  }
   if (!world || !rank) {
     return make_error(std::string("environment: RANK and WORLD_SIZE must be set together (found only ") +
                       (world ? "WORLD_SIZE" : "RANK") + ")");
@@ -54,7 +63,7 @@ Result<DistEnv> dist_env_from_environment() {
                       "': hylo's data parallelism is single-host; expected a loopback address (127.0.0.1)");
   }
   HYLO_TRY(auto port, env_int("MASTER_PORT", 1, 65535));
-  if (!port && env.world > 1) {
+  if (!port && (env.world > 1 || group_of_one_requested())) {
     return make_error("environment: MASTER_PORT is not set (expected the TCPStore's port, 1..65535)");
   }
   env.master_port = port ? static_cast<int>(*port) : 0;

@@ -41,6 +41,10 @@ struct DistEnv {
 // TORCHELASTIC_USE_AGENT_STORE. Without RANK and WORLD_SIZE: one process (rank 0 of 1). Errors name the
 // variable and what was expected (integers in range, a loopback address, a port for WORLD_SIZE > 1).
 Result<DistEnv> dist_env_from_environment();
+// HYLO_DIST_GROUP_OF_ONE=1: make the process group (and the data-parallel hooks) even for one rank, so that a
+// single device exercises the backend (NCCL on one GPU, Gloo on the CPU); needs MASTER_PORT. Results equal the
+// run without a group (test TrainerDist.GroupOfOneEqualsOneProcess).
+bool group_of_one_requested();
 
 // The collective timeout: HYLO_DIST_TIMEOUT_S seconds if set (a positive number), else 300 s.
 Result<std::chrono::milliseconds> dist_timeout_from_environment();

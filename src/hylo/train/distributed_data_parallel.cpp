@@ -88,7 +88,7 @@ Result<RankSetup> data_parallel_from_environment(at::Device requested, DataParal
   HYLO_TRY(DistEnv env, dist_env_from_environment());
   RankSetup setup;
   setup.device = requested;
-  if (env.world <= 1) return setup;
+  if (env.world <= 1 && !group_of_one_requested()) return setup;
   HYLO_TRY(auto timeout, dist_timeout_from_environment());
   if (requested.is_cuda()) {
     if (requested.has_index() && requested.index() != env.local_rank) {

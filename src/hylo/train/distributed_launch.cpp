@@ -53,7 +53,7 @@ std::string describe(const RankExit& r) {
 }  // namespace
 
 int LaunchReport::exit_code() const {
-  if (first_failed_rank < 0) return 0;
+  if (first_failed_rank < 0) return stopped_by_signal != 0 ? 128 + stopped_by_signal : 0;
   const RankExit& r = ranks[static_cast<size_t>(first_failed_rank)];
   return r.signaled ? 128 + r.signal : r.exit_status;
 }
@@ -162,6 +162,13 @@ Result<LaunchReport> launch_local_ranks(const std::vector<std::string>& argv, co
   sigaction(SIGTERM, &sa, &old_term);
   g_forward_signal.store(0);
 
+  // SIGCHLD stays blocked here and is waited for (sigtimedwait below), so the launcher wakes the moment a rank
+  // ends: which rank failed first is then told apart even when its peer fails a few milliseconds later.
+  sigset_t chld, old_mask;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &chld, &old_mask);
+
   LaunchReport report;
   report.ranks.resize(static_cast<size_t>(n));
   std::vector<bool> running(static_cast<size_t>(n), false);
@@ -173,6 +180,10 @@ Result<LaunchReport> launch_local_ranks(const std::vector<std::string>& argv, co
       // A rank must not outlive the launcher (a killed launcher would otherwise leave ranks blocked).
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(127);
+      // Its own process group: a terminal's Ctrl-C reaches only the launcher, which forwards it once. (Reaching
+      // the ranks directly too, the forwarded copy would be a second signal, which ends a rank at once.)
+      ::setpgid(0, 0);
+      pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);  // the rank gets the signal mask the launcher started with
       ::execve("/proc/self/exe", c_argv.data(), c_envs[static_cast<size_t>(r)].data());
       ::_exit(127);
     }
@@ -212,7 +223,11 @@ Result<LaunchReport> launch_local_ranks(const std::vector<std::string>& argv, co
         x.signal = x.signaled ? WTERMSIG(status) : 0;
         x.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
         x.killed_by_launcher = stage >= 2;
-        bool failed = x.signaled || x.exit_status != 0;
+        // After a forwarded SIGINT/SIGTERM, 128 + that signal is the rank's orderly stop (checkpoint written):
+        // no grace period and no SIGTERM/SIGKILL for the others, which are stopping at the same step.
+        const bool orderly = report.stopped_by_signal != 0 && !x.signaled &&
+                             (x.exit_status == 128 + SIGINT || x.exit_status == 128 + SIGTERM);
+        bool failed = !orderly && (x.signaled || x.exit_status != 0);
         if (failed && report.first_failed_rank < 0) {
           report.first_failed_rank = r;
           failed_at = Clock::now();
@@ -221,7 +236,10 @@ Result<LaunchReport> launch_local_ranks(const std::vector<std::string>& argv, co
       }
       continue;
     }
-    if (int sig = g_forward_signal.exchange(0); sig != 0) signal_running(sig);
+    if (int sig = g_forward_signal.exchange(0); sig != 0) {
+      signal_running(sig);
+      if (report.stopped_by_signal == 0) report.stopped_by_signal = sig;
+    }
     if (stage >= 1 && stage < 3) {
       auto since = Clock::now() - failed_at;
       if (stage == 1 && since >= options.grace) {
@@ -232,8 +250,10 @@ Result<LaunchReport> launch_local_ranks(const std::vector<std::string>& argv, co
         stage = 3;
       }
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const timespec poll{0, 20'000'000};  // 20 ms at most: the grace timers and forwarded signals are checked
+    sigtimedwait(&chld, nullptr, &poll);
   }
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
   if (!spawn_error.empty()) return make_error(spawn_error);

@@ -36,9 +36,13 @@ struct RankExit {
 
 struct LaunchReport {
   std::vector<RankExit> ranks;  // by rank
-  int first_failed_rank = -1;   // -1: every rank exited with status 0
+  int first_failed_rank = -1;   // -1: every rank exited with status 0 (or stopped in order, below)
+  // The SIGINT/SIGTERM the launcher forwarded to the ranks (0: none). A rank that then exits with 128 + that
+  // signal stopped in order (`hylo train` checkpoints first), which is not a failure.
+  int stopped_by_signal = 0;
   std::string message;          // empty on success; otherwise says which rank died first and how
-  // The exit code for the launching process: 0, the first failed rank's status, or 128 + its signal.
+  // The exit code for the launching process: 0, the first failed rank's status, or 128 + its signal; 128 + the
+  // forwarded signal after an orderly stop.
   int exit_code() const;
 };
 

@@ -242,6 +242,30 @@ TEST(Engine, CancelEndsTheSequenceAndFreesItsMemory) {
   EXPECT_EQ(engine.stats().slots_used, 0);
 }
 
+// max_sequences is the most sequences running at once for a model without recurrent layers too (its pages would
+// allow more), and the requests beyond it wait and still get their tokens.
+TEST(Engine, MaxSequencesBoundsTheRunningSetOfATransformer) {
+  ModelConfig c = mixed_config();
+  for (auto& layer : c.layers) layer.mixer = MixerKind::kGqa;
+  c.layers[1].mla = {};
+  auto model = test::random_model(c, at::kFloat, 8);
+  EngineOptions o = with_pages(*model, small_options(4, 8), 200);
+  o.max_sequences = 2;
+  Engine engine(*model, o);
+  Request r;
+  r.prompt = random_prompt(6, 5);
+  r.max_new_tokens = 6;
+  std::vector<SeqId> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(engine.submit(r));
+  int64_t most = 0;
+  while (engine.stats().running + engine.stats().waiting > 0) {
+    engine.step();
+    most = std::max(most, engine.stats().running);
+  }
+  EXPECT_EQ(most, 2);
+  for (SeqId id : ids) EXPECT_EQ(engine.result(id).output.size(), 6u);
+}
+
 // Sampling depends only on the sequence's own parameters and seed, not on what else shares its steps.
 TEST(Engine, SamplingIsIndependentOfBatchComposition) {
   auto model = mixed_model(at::kDouble, 8);

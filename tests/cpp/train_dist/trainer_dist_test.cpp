@@ -97,11 +97,13 @@ struct Fixture {
     run_recipe(r, o).value_or_throw();
   }
   // `nproc` ranks through the launcher.
-  void run_ranks_(int nproc, const fs::path& out, bool zero1, int64_t stop_after = 0) {
-    LaunchReport rep = run_ranks("TrainRecipe", nproc, root,
-                                 {"HYLO_TEST_RECIPE=" + (root / "recipe_m1.yaml").string(), "HYLO_TEST_OUT=" + out.string(),
-                                  std::string("HYLO_TEST_ZERO1=") + (zero1 ? "1" : "0"),
-                                  "HYLO_TEST_STOP_AFTER=" + std::to_string(stop_after)});
+  void run_ranks_(int nproc, const fs::path& out, bool zero1, int64_t stop_after = 0,
+                  std::vector<std::string> extra_env = {}) {
+    std::vector<std::string> env = {"HYLO_TEST_RECIPE=" + (root / "recipe_m1.yaml").string(),
+                                    "HYLO_TEST_OUT=" + out.string(), std::string("HYLO_TEST_ZERO1=") + (zero1 ? "1" : "0"),
+                                    "HYLO_TEST_STOP_AFTER=" + std::to_string(stop_after)};
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
+    LaunchReport rep = run_ranks("TrainRecipe", nproc, root, env);
     ASSERT_EQ(rep.exit_code(), 0) << rep.message;
   }
 };
@@ -113,7 +115,7 @@ TEST(DistRank, DISABLED_TrainRecipe) {
   dpo.zero1 = std::string(std::getenv("HYLO_TEST_ZERO1")) == "1";
   dpo.bucket_bytes = 8192;  // several buckets even for the tiny model
   RankSetup rank = data_parallel_from_environment(at::Device(at::kCPU), dpo).value_or_throw();
-  ASSERT_TRUE(rank.hooks) << "launched without a job of 2+ ranks";
+  ASSERT_TRUE(rank.hooks) << "launched without a job of 2+ ranks (or HYLO_DIST_GROUP_OF_ONE=1)";
   TrainOptions o;
   o.out = std::getenv("HYLO_TEST_OUT");
   o.progress = false;
@@ -171,6 +173,17 @@ TEST(TrainerDist, TwoRanksEqualOneRankThroughTheTrainer) {
   // Training moved the parameters (the comparison is not between two copies of the start).
   double moved = max_diff(f.root / "student", f.root / "zero" / "ild" / "final");
   EXPECT_GT(moved, 1e-4);
+}
+
+// HYLO_DIST_GROUP_OF_ONE=1: one rank with a process group and the data-parallel hooks (Gloo here; the same path
+// runs NCCL on one GPU) trains to exactly the parameters of one process without a group: an all-reduce over one
+// rank is the identity and ZeRO-1 gives that rank every parameter's state.
+TEST(TrainerDist, GroupOfOneEqualsOneProcess) {
+  Fixture f;
+  f.run_here(1, f.root / "a");
+  f.run_ranks_(1, f.root / "one", /*zero1=*/true, 0, {"HYLO_DIST_GROUP_OF_ONE=1"});
+  for (const char* stage : {"ild", "kd"})
+    EXPECT_EQ(max_diff(f.root / "a" / stage / "final", f.root / "one" / stage / "final"), 0.0) << stage;
 }
 
 // 2 ranks (ZeRO-1: each rank's checkpoint holds the AdamW state it owns) stopped after 2 ILD steps, resumed on

@@ -79,6 +79,10 @@ Sequence* Scheduler::newest_running() const {
 
 bool Scheduler::admit(Sequence& seq, int64_t budget, StepPlan& plan) {
   const bool recurrent = pools_.has_recurrent_layers();
+  // max_sequences bounds the running set for every model, not only through the state slots of recurrent ones: a
+  // Transformer would otherwise take requests while pages last, and decode batches past the largest CUDA-graph
+  // bucket (sized from max_sequences) would run eagerly.
+  if (static_cast<int64_t>(running_.size()) >= options_.max_sequences) return false;
   if (recurrent && pools_.free_slots() == 0) return false;
   PrefixCache::Hit hit;
   if (prefix_ != nullptr && !seq.wants_prompt_rows()) {
