@@ -487,6 +487,16 @@ Status run_recipe(const Recipe& recipe, const TrainOptions& opt, RunSummary* sum
     bool named = opt.only_stages.empty();
     for (const auto& n : opt.only_stages) named = named || n == st.name;
     if (!named) continue;
+    if (!stage_done(opt.out, st.name) && opt.stop_requested) {
+      // A signal that came during an earlier stage's last steps or its evaluation stops before the next stage
+      // starts (every rank agrees through the all-reduce), rather than one step into it.
+      at::Tensor asked = at::full({1}, opt.stop_requested->load() ? 1.0 : 0.0, at::kDouble);
+      hooks.all_reduce_sum(asked);
+      if (asked[0].item<double>() > 0) {
+        if (summary) summary->stopped = true;
+        return {};
+      }
+    }
     if (stage_done(opt.out, st.name)) {
       if (opt.progress && hooks.rank() == 0)
         std::fprintf(stderr, "[%zu/%zu] %s: done earlier (%s)\n", i + 1, recipe.stages.size(), st.name.c_str(),

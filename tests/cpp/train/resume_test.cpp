@@ -164,22 +164,58 @@ void expect_same_params(const fs::path& a, const fs::path& b) {
   for (const auto& [name, t] : pa) EXPECT_TRUE(at::equal(t, pb.at(name))) << a << " " << name;
 }
 
+// A signal's flag set from inside the trainer's loop: after_step() runs after the optimizer step and before the
+// step's all-reduce that carries the flag, so setting it at the n-th call stops the run at that step.
+struct FlagAtStep : SyncHooks {
+  std::atomic<bool>* flag = nullptr;
+  int at = 0, steps = 0;
+  void after_step() override {
+    if (++steps == at) flag->store(true);
+  }
+};
+
 // What SIGINT/SIGTERM does in `hylo train` (the handler sets the flag): the step in flight ends, a checkpoint is
-// written, the stage stays unfinished, and --resume continues to the same parameters as a run never stopped.
+// written, the stage stays unfinished, and --resume continues to the same parameters as a run never stopped. A
+// flag that finds a stage boundary stops before the next stage; one set before any work stops before the first.
 TEST(Resume, StopRequestCheckpointsAndResumesBitIdentical) {
   Fixture f("signal");
   f.run(f.root / "a", false, std::nullopt);
-  std::atomic<bool> stop{true};  // already set: the first step of the first stage is the last one
-  RunSummary b1 = f.run(f.root / "b", false, std::nullopt, {}, &stop);
+  auto run_with_flag = [&](const fs::path& out, bool resume, int at) {
+    std::atomic<bool> stop{false};
+    FlagAtStep hooks;
+    hooks.flag = &stop;
+    hooks.at = at;
+    TrainOptions o;
+    o.out = out;
+    o.resume = resume;
+    o.progress = false;
+    o.stop_requested = &stop;
+    o.hooks = &hooks;
+    RunSummary s;
+    run_recipe(f.recipe, o, &s).value_or_throw();
+    return s;
+  };
+  // Mid-stage: at ild's first step.
+  RunSummary b1 = run_with_flag(f.root / "b", false, 1);
   EXPECT_TRUE(b1.stopped);
   EXPECT_TRUE(b1.finished_stages.empty());
-  EXPECT_TRUE(fs::exists(f.root / "b" / "ild" / "train_state" / "state.json"));
   EXPECT_EQ(nlohmann::json::parse(read_text_file(f.root / "b" / "ild" / "train_state" / "state.json").value_or_throw())
                 .at("step")
                 .get<int64_t>(),
             1);
-  RunSummary b2 = f.run(f.root / "b", true, std::nullopt);
-  EXPECT_EQ(b2.finished_stages, (std::vector<std::string>{"ild", "kd"}));
+  // At ild's last step (its 2nd after resuming): ild finishes, kd does not start.
+  RunSummary b2 = run_with_flag(f.root / "b", true, 2);
+  EXPECT_TRUE(b2.stopped);
+  EXPECT_EQ(b2.finished_stages, (std::vector<std::string>{"ild"}));
+  EXPECT_FALSE(fs::exists(f.root / "b" / "kd"));
+  // Before any work: nothing runs.
+  std::atomic<bool> early{true};
+  RunSummary b3 = f.run(f.root / "b", true, std::nullopt, {}, &early);
+  EXPECT_TRUE(b3.stopped);
+  EXPECT_FALSE(fs::exists(f.root / "b" / "kd"));
+  RunSummary b4 = f.run(f.root / "b", true, std::nullopt);
+  EXPECT_EQ(b4.finished_stages, (std::vector<std::string>{"kd"}));
+  expect_same_params(f.root / "a" / "ild" / "final", f.root / "b" / "ild" / "final");
   expect_same_params(f.root / "a" / "kd" / "final", f.root / "b" / "kd" / "final");
 }
 
