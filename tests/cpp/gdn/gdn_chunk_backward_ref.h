@@ -31,13 +31,28 @@ struct DeltaGrads {
   at::Tensor dq, dk, dv, dg, dbeta, dstate;  // shapes of q, k, v, g, beta, initial_state
 };
 
+// The per-chunk intermediates, in the CUDA backward's layouts with BH = B * H and N chunks (the GPU tests compare
+// them stage by stage, so a failing end-to-end gradient names the kernel that went wrong).
+struct DeltaBackwardTrace {
+  at::Tensor t;        // [BH, N, C, C]    T = (I + A)^-1
+  at::Tensor h;        // [BH, N, Dv, Dk]  state entering each chunk
+  at::Tensor vnew;     // [BH, N, C, Dv]
+  at::Tensor dvl;      // [BH, N, C, Dv]   dv_local
+  at::Tensor dh;       // [BH, N, Dv, Dk]  gradient of the state leaving each chunk
+  at::Tensor dvnew;    // [BH, N, C, Dv]
+  at::Tensor dw;       // [BH, N, C, Dk]
+  at::Tensor dk_part;  // [BH, N, C, Dk]   dk before the UT-transform terms
+  at::Tensor dgam;     // [BH, N, C]       d gamma before the UT-transform terms
+};
+
 // Inputs as ops::gated_delta_chunk takes them ([B, T, H, D], [B, T, H], state [B, H, Dv, Dk] or undefined), all in
 // one floating dtype; d_o [B, T, H, Dv]; d_final [B, H, Dv, Dk] or undefined (= 0). Returns dstate undefined when
 // there is no initial state.
 inline DeltaGrads chunk_backward_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& g, const at::Tensor& beta, double scale,
                                            const at::Tensor& state, const at::Tensor& d_o,
-                                           const at::Tensor& d_final, int64_t C = 64) {
+                                           const at::Tensor& d_final, int64_t C = 64,
+                                           DeltaBackwardTrace* trace = nullptr) {
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
   const int64_t N = (T + C - 1) / C, pad = N * C - T;
   auto hm = [&](const at::Tensor& x) {  // [B, T, H, D] -> [B, H, N, C, D]; [B, T, H] -> [B, H, N, C]
@@ -98,6 +113,7 @@ inline DeltaGrads chunk_backward_reference(const at::Tensor& q, const at::Tensor
   at::Tensor dgam = scale * gam.exp() * (X1 * Q).sum(-1) + E1.sum(-1) - E1.sum(-2) - F;
   at::Tensor last = F.sum(-1, true) + gC.exp() * (dHn * h).sum({-1, -2}).unsqueeze(-1);  // [B, H, N, 1]
   dgam = dgam + at::constant_pad_nd(last, {C - 1, 0});
+  const at::Tensor dK_local = dK, dgam_local = dgam;
 
   // Per chunk: the UT transform's backward (the "wy" kernel).
   const at::Tensor bj = bt.unsqueeze(-2);                                   // [B, H, N, 1, C]
@@ -114,6 +130,10 @@ inline DeltaGrads chunk_backward_reference(const at::Tensor& q, const at::Tensor
   const at::Tensor E2 = dA * A;
   dgam = dgam + bt * gam.exp() * sK + E2.sum(-1) - E2.sum(-2);
   const at::Tensor dG = dgam.flip(-1).cumsum(-1).flip(-1);                 // [B, H, N, C]
+  if (trace) {
+    auto flat = [&](const at::Tensor& x) { return x.flatten(0, 1); };  // [B, H, ...] -> [BH, ...]
+    *trace = {flat(Tm), flat(h), flat(vn), flat(dvl), flat(dHn), flat(dvn), flat(dW), flat(dK_local), flat(dgam_local)};
+  }
 
   auto back = [&](const at::Tensor& x) {  // [B, H, N, C, D] -> [B, T, H, D]; [B, H, N, C] -> [B, T, H]
     if (x.dim() == 5) return x.reshape({B, H, N * C, x.size(-1)}).narrow(2, 0, T).transpose(1, 2).contiguous();

@@ -18,13 +18,16 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "../gdn/gdn_chunk_backward_ref.h"
 #include "../gdn/gdn_test_util.h"
 #include "cuda_test_util.h"
 #include "hylo/core/result.h"
 #include "hylo/ops/gated_delta.h"
 #ifdef HYLO_HAVE_CUDA
+#include "hylo/kernels/gated_delta/chunk_backward_trace.h"
 #include "hylo/kernels/gated_delta/gated_delta_cuda.h"
 #endif
 
@@ -85,18 +88,19 @@ std::string tag(const Case& c, at::ScalarType qk_t, at::ScalarType v_t) {
 constexpr double kFloor = 4.0 / 256.0;        // 4 u_bf16: dq, dk, dv, d initial_state
 constexpr double kFloorGates = 8.0 / 256.0;   // 8 u_bf16: dg, dbeta
 
-void check_backward(const Case& c, at::ScalarType qk_t, at::ScalarType v_t, uint64_t seed) {
+// segments: the backward's context-parallel split (0 = chosen from the GPU's size, as in training).
+void check_backward(const Case& c, at::ScalarType qk_t, at::ScalarType v_t, uint64_t seed, int segments = 0) {
   const Inputs x = make(c, qk_t, v_t, seed);
   const double scale = 1.0 / std::sqrt(double(c.Dk));
   const std::vector<at::Tensor> ref = aten_grads(x, scale, at::kDouble, 64);
   const std::vector<at::Tensor> f32 = aten_grads(x, scale, at::kFloat, 32);
-  const kernels::GatedDeltaGrads got =
-      kernels::gated_delta_chunk_backward_cuda(x.q, x.k, x.v, x.g, x.beta, scale, x.state, x.d_o, x.d_final);
+  const kernels::GatedDeltaGrads got = kernels::gated_delta_chunk_backward_cuda(x.q, x.k, x.v, x.g, x.beta, scale,
+                                                                                x.state, x.d_o, x.d_final, segments);
   const std::vector<at::Tensor> mine = {got.dq, got.dk, got.dv, got.dg, got.dbeta, got.d_initial_state};
   const std::vector<at::ScalarType> types = {qk_t, qk_t, v_t, at::kFloat, at::kFloat, at::kFloat};
   const char* names[] = {"dq", "dk", "dv", "dg", "dbeta", "dstate"};
-  const std::string t = tag(c, qk_t, v_t);
-  std::printf("  bwd %-72s", t.c_str());
+  const std::string t = tag(c, qk_t, v_t) + " segments=" + std::to_string(segments);
+  std::printf("  bwd %-84s", t.c_str());
   for (size_t i = 0; i < ref.size(); ++i) {
     ASSERT_TRUE(mine[i].defined()) << names[i] << " " << t;
     ASSERT_EQ(mine[i].sizes(), ref[i].sizes()) << names[i] << " " << t;
@@ -131,6 +135,56 @@ TEST(GatedDeltaBwdCuda, GradientsAtTwoKTokensForTheHyloShapes) {
   check_backward({1, 2048, 3, 128, 256, false, false}, at::kFloat, at::kBFloat16, 301);
   check_backward({1, 2048, 6, 256, 512, false, true}, at::kFloat, at::kBFloat16, 302);
   check_backward({1, 2047, 6, 256, 512, true, false}, at::kBFloat16, at::kBFloat16, 303);
+}
+
+// Stage by stage against the hand-written ATen backward (the same decomposition, fp64, on q and k rounded to bf16
+// as the kernels round them): when an end-to-end gradient above fails, the first stage listed here that fails is
+// the kernel to look at (prep/states recompute: t, h, vnew; dv_local; dstates: dh, dvnew; dqk: dw, dk_part, dgam;
+// wy: the final gradients). Each intermediate is a few bf16-rounded products away from the inputs: floor 4u.
+TEST(GatedDeltaBwdCuda, EachStageEqualsTheHandWrittenReference) {
+  HYLO_REQUIRE_CUDA();
+  uint64_t seed = 700;
+  for (const Case& c : {Case{1, 150, 2, 128, 128, true, true}, Case{2, 70, 1, 256, 192, false, true},
+                        Case{1, 64, 3, 64, 64, true, false}, Case{1, 1, 1, 128, 256, true, true}}) {
+    const Inputs x = make(c, at::kFloat, at::kBFloat16, seed++);
+    const double scale = 1.0 / std::sqrt(double(c.Dk));
+    auto d = [](const at::Tensor& t) { return t.defined() ? t.to(at::kCPU, at::kDouble) : t; };
+    gdn_test::DeltaBackwardTrace rt;
+    const gdn_test::DeltaGrads rg = gdn_test::chunk_backward_reference(
+        d(x.q.to(at::kBFloat16)), d(x.k.to(at::kBFloat16)), d(x.v), d(x.g), d(x.beta), scale, d(x.state), d(x.d_o),
+        d(x.d_final), 64, &rt);
+    kernels::gdn::BackwardTrace kt;
+    const kernels::GatedDeltaGrads kg = kernels::gdn::chunk_backward_traced(x.q, x.k, x.v, x.g, x.beta, scale,
+                                                                            x.state, x.d_o, x.d_final, 1, &kt);
+    const std::vector<std::tuple<const char*, at::Tensor, at::Tensor>> stages = {
+        {"t", kt.t, rt.t},          {"h", kt.h, rt.h},       {"vnew", kt.vnew, rt.vnew},
+        {"dv_local", kt.dvl, rt.dvl}, {"dh", kt.dh, rt.dh},  {"dvnew", kt.dvnew, rt.dvnew},
+        {"dw", kt.dw, rt.dw},       {"dk_part", kt.dk_part, rt.dk_part}, {"dgam", kt.dgam, rt.dgam},
+        {"dq", kg.dq, rg.dq},       {"dk", kg.dk, rg.dk},    {"dv", kg.dv, rg.dv},
+        {"dg", kg.dg, rg.dg},       {"dbeta", kg.dbeta, rg.dbeta}};
+    const std::string t = tag(c, at::kFloat, at::kBFloat16);
+    std::printf("  stages %-60s", t.c_str());
+    for (const auto& [name, got, want] : stages) {
+      ASSERT_EQ(got.sizes(), want.sizes()) << name << " " << t;
+      const double e = rel_err(got, want);
+      const bool gate = std::string(name) == "dg" || std::string(name) == "dbeta" || std::string(name) == "dgam";
+      std::printf(" %s %.1e", name, e);
+      EXPECT_LE(e, gate ? kFloorGates : kFloor) << name << " " << t;
+    }
+    if (c.state) EXPECT_LE(rel_err(kg.d_initial_state, rg.dstate), kFloor) << "d initial_state " << t;
+    std::printf("\n");
+  }
+}
+
+// The reverse state walk split along the sequence (segment walks from zero and on the identity, a scan, then all
+// segments in parallel) is the same function as one serial walk.
+TEST(GatedDeltaBwdCuda, ContextParallelEqualsReference) {
+  HYLO_REQUIRE_CUDA();
+  const Case c{1, 1000, 2, 128, 256, true, true};  // 16 chunks
+  for (int P : {1, 3, 4, 16}) check_backward(c, at::kFloat, at::kBFloat16, 800, P);
+  check_backward({1, 2049, 1, 256, 512, true, true}, at::kBFloat16, at::kBFloat16, 801, 8);
+  check_backward({2, 700, 3, 64, 64, false, true}, at::kFloat, at::kBFloat16, 802, 5);
+  check_backward({1, 700, 1, 128, 128, true, false}, at::kFloat, at::kBFloat16, 803, 11);
 }
 
 TEST(GatedDeltaBwdCuda, BackwardIsDeterministic) {

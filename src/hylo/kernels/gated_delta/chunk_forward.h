@@ -23,4 +23,12 @@ struct ChunkStates {
 ChunkStates chunk_states(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                          const at::Tensor& init, int segments, bool keep_t);
 
+// Context parallel walks (forward states, backward dstates): the number of segments P for a walk over NC chunks
+// with `blocks` blocks per segment (requested > 0: that many, clamped to [1, NC]; 0: from the GPU's size), rounded
+// so that every segment is non-empty.
+int choose_segments(int64_t NC, int64_t blocks, int requested);
+// The scan over segments: starts[0] = init (zeros when undefined), starts[s+1] = starts[s] m[s] + nn[s].
+// init [BH, Dv, Dk], m [BH, P, Dk, Dk], nn [BH, P, Dv, Dk], all fp32; returns starts [BH, P, Dv, Dk].
+at::Tensor segment_scan(const at::Tensor& init, const at::Tensor& m, const at::Tensor& nn);
+
 }  // namespace hylo::kernels::gdn

@@ -558,18 +558,8 @@ StatesAndSegments states(const at::Tensor& k, const at::Tensor& v, const at::Ten
   }
   if (ev) cudaEventRecord(ev[1], stream);
 
-  // Segments: enough blocks in the main state pass to cover the GPU twice, at least 4 chunks a segment; the
-  // extra M/N pass costs about (2 + DK/Dv) times the serial work, so it is used only when P >= 4.
-  int P = segments;
-  if (P <= 0) {
-    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    const int64_t blocks = BH * (Dv / BV);
-    P = static_cast<int>(std::min<int64_t>(NC / 4, (2 * sms + blocks - 1) / blocks));
-    if (P < 4) P = 1;
-  }
-  P = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, NC)));
+  const int P = choose_segments(NC, BH * (Dv / BV), segments);
   const int64_t cps = (NC + P - 1) / P;
-  P = static_cast<int>((NC + cps - 1) / cps);
 
   set_smem(state_kernel<DK, BV>, StateSmem<DK, BV>::bytes);
   const bf16* kp = reinterpret_cast<const bf16*>(k.data_ptr());
@@ -585,11 +575,7 @@ StatesAndSegments states(const at::Tensor& k, const at::Tensor& v, const at::Ten
     state_kernel<DK, BV><<<dim3(unsigned(n_blocks + m_blocks), unsigned(P), unsigned(BH)), kThreads,
                            StateSmem<DK, BV>::bytes, stream>>>(pre);
     check_launch("gated_delta_chunk_cuda segment M, N");
-    starts = at::empty({BH, P, Dv, DK}, f32);
-    scan_kernel<DK><<<dim3(unsigned(Dv / kScanRows), unsigned(BH)), kThreads, 0, stream>>>(
-        init.defined() ? init.data_ptr<float>() : nullptr, mm.data_ptr<float>(), nn.data_ptr<float>(),
-        starts.data_ptr<float>(), Dv, P);
-    check_launch("gated_delta_chunk_cuda scan");
+    starts = segment_scan(init, mm, nn);
   }
   if (ev) cudaEventRecord(ev[2], stream);
   StateArgs main{kp, wp, up, gam.data_ptr<float>(),
@@ -645,6 +631,39 @@ bool float_dtype(const at::Tensor& t) {
 }
 
 }  // namespace
+
+int choose_segments(int64_t NC, int64_t blocks, int requested) {
+  // Enough blocks in the main pass to cover the GPU twice, at least 4 chunks a segment; the extra M/N pass costs
+  // about (2 + DK/Dv) times the serial work, so it is used only when P >= 4.
+  int P = requested;
+  if (P <= 0) {
+    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    P = static_cast<int>(std::min<int64_t>(NC / 4, (2 * sms + blocks - 1) / blocks));
+    if (P < 4) P = 1;
+  }
+  P = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, NC)));
+  const int64_t cps = (NC + P - 1) / P;
+  return static_cast<int>((NC + cps - 1) / cps);
+}
+
+at::Tensor segment_scan(const at::Tensor& init, const at::Tensor& m, const at::Tensor& nn) {
+  const int64_t BH = nn.size(0), P = nn.size(1), Dv = nn.size(2), Dk = nn.size(3);
+  at::Tensor starts = at::empty({BH, P, Dv, Dk}, nn.options());  // [BH, P, Dv, Dk]
+  const float* ip = init.defined() ? init.data_ptr<float>() : nullptr;
+  const dim3 grid(unsigned(Dv / kScanRows), unsigned(BH));
+  const cudaStream_t stream = current_stream();
+  switch (Dk) {
+    case 64: scan_kernel<64><<<grid, kThreads, 0, stream>>>(ip, m.data_ptr<float>(), nn.data_ptr<float>(),
+                                                             starts.data_ptr<float>(), Dv, int(P)); break;
+    case 128: scan_kernel<128><<<grid, kThreads, 0, stream>>>(ip, m.data_ptr<float>(), nn.data_ptr<float>(),
+                                                               starts.data_ptr<float>(), Dv, int(P)); break;
+    case 256: scan_kernel<256><<<grid, kThreads, 0, stream>>>(ip, m.data_ptr<float>(), nn.data_ptr<float>(),
+                                                               starts.data_ptr<float>(), Dv, int(P)); break;
+    default: throw Error("gated_delta_chunk_cuda scan: Dk " + std::to_string(Dk) + " unsupported");
+  }
+  check_launch("gated_delta_chunk_cuda scan");
+  return starts;
+}
 
 ChunkStates chunk_states(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                          const at::Tensor& init, int segments, bool keep_t) {

@@ -28,6 +28,7 @@
 
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
+#include "hylo/kernels/gated_delta/chunk_backward_trace.h"
 #include "hylo/kernels/gated_delta/chunk_common.cuh"
 #include "hylo/kernels/gated_delta/chunk_forward.h"
 #include "hylo/kernels/gated_delta/gated_delta_cuda.h"
@@ -168,6 +169,11 @@ __global__ void __launch_bounds__(kThreads) dvl_kernel(DvlArgs a) {
 }
 
 // ---- dstates: the serial reverse walk over chunks ---------------------------------------------------------------
+// Context parallel as the forward's walk: the step is affine in dH, dH_in = dH_out M'_n + N'_n with
+// M'_n = e^gamma_C I - K_dec^T W (the forward's transfer matrix transposed). A segment's walk from zero gives its
+// N' ("N blocks": rows of dH); the same walk on the identity with dv_local = dO = 0 gives its M' ("M blocks": Dk
+// rows), both stored at the reversed segment index P-1-s so that the forward's scan (starts[j+1] = starts[j] M[j] +
+// N[j], from d final_state) yields each segment's end gradient; the main pass then walks all segments in parallel.
 struct DStateArgs {
   const bf16* q;        // [B, T, H, DK]
   const bf16* k;        // [B, T, H, DK]
@@ -175,11 +181,15 @@ struct DStateArgs {
   const float* gam;     // [BH, NC * C]
   const float* dvl;     // [BH, NC, C, Dv]
   const bf16* dout;     // [B, T, H, Dv]
-  const float* dfinal;  // [BH, Dv, DK] gradient of the final state, or null (zero)
-  bf16* dhs;            // [BH, NC, Dv, DK] gradient of the state leaving each chunk
-  bf16* dvn;            // [BH, NC, C, Dv]
-  float* dinit;         // [BH, Dv, DK] gradient of the initial state, or null
-  int64_t T, H, NC, Dv;
+  const float* start;   // N blocks' start: [BH, P, Dv, DK] at index P-1-s (start_seg_stride = Dv*DK) or
+                        // [BH, Dv, DK] (stride 0: d final_state, P = 1); null = zero
+  bf16* dhs;            // [BH, NC, Dv, DK] gradient of the state leaving each chunk, or null (pre-pass)
+  bf16* dvn;            // [BH, NC, C, Dv], or null (pre-pass)
+  float* out;           // N blocks' end: [BH, P, Dv, DK] at index P-1-s (out_seg_stride = Dv*DK), or
+                        // [BH, Dv, DK] written by segment 0 only (stride 0: d initial_state); or null
+  float* m_out;         // M blocks' end: [BH, P, DK, DK] at index P-1-s, or null (no M blocks)
+  int64_t T, H, NC, Dv, chunks_per_seg, start_seg_stride, out_seg_stride;
+  int n_blocks;         // blocks along x that are N blocks (Dv / BV); the rest are M blocks (DK / BV)
   float scale;
 };
 
@@ -213,23 +223,37 @@ __global__ void __launch_bounds__(kThreads) dstate_kernel(DStateArgs a) {
   float* gam = reinterpret_cast<float*>(smem + S::g_off);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int64_t r0 = int64_t(blockIdx.x) * BV, bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+  const bool m_block = int(blockIdx.x) >= a.n_blocks;
+  const int64_t r0 = int64_t(m_block ? int(blockIdx.x) - a.n_blocks : int(blockIdx.x)) * BV;
+  const int64_t seg = blockIdx.y, P = gridDim.y, rseg = P - 1 - seg, bh = blockIdx.z, b = bh / a.H, h = bh % a.H;
+  const int64_t n_begin = seg * a.chunks_per_seg;
+  const int64_t n_end = a.NC < n_begin + a.chunks_per_seg ? a.NC : n_begin + a.chunks_per_seg;
+  bf16* dhs_out = m_block ? nullptr : a.dhs;
+  bf16* dvn_out = m_block ? nullptr : a.dvn;
 
+  // Initial rows of dH: identity rows for M blocks, the given start or zeros for N blocks.
+  const float* start = (!m_block && a.start)
+                           ? a.start + bh * (a.start_seg_stride ? a.start_seg_stride * P : a.Dv * DK) +
+                                 rseg * a.start_seg_stride
+                           : nullptr;
   for (int i = tid; i < BV * DK; i += kThreads) {
     const int r = i / DK, c = i % DK;
-    const float x = a.dfinal ? a.dfinal[(bh * a.Dv + r0 + r) * DK + c] : 0.0f;
+    const float x = m_block ? ((r0 + r == c) ? 1.0f : 0.0f) : (start ? start[(r0 + r) * DK + c] : 0.0f);
     ss[r * S::lds + c] = x;
     sb[r * S::ldk + c] = __float2bfloat16(x);
   }
 
-  for (int64_t n = a.NC - 1; n >= 0; --n) {
+  for (int64_t n = n_end - 1; n >= n_begin; --n) {
     const int64_t t0 = n * C, row0 = (b * a.T + t0) * a.H + h;
     const int valid = static_cast<int>(a.T - t0 < C ? a.T - t0 : int64_t(C));
     load_tile_async(ks, S::ldk, a.k + row0 * DK, a.H * DK, C, DK, valid);
     load_tile_async(qs, S::ldk, a.q + row0 * DK, a.H * DK, C, DK, valid);
     load_tile_async(ws, S::ldk, a.w + (bh * a.NC + n) * C * DK, DK, C, DK, C);
-    load_tile_f32_async(dvs, S::ldv32, a.dvl + (bh * a.NC + n) * C * a.Dv + r0, a.Dv, C, BV, C);
-    load_tile_async(dos, S::ldv16, a.dout + row0 * a.Dv + r0, a.H * a.Dv, C, BV, valid);
+    // M blocks: dv_local = dO = 0 (zero-filled tiles; the row offset r0 of an M block is not a Dv column).
+    const float* dvl_src = m_block ? a.dvl : a.dvl + (bh * a.NC + n) * C * a.Dv + r0;
+    const bf16* do_src = m_block ? a.dout : a.dout + row0 * a.Dv + r0;
+    load_tile_f32_async(dvs, S::ldv32, dvl_src, a.Dv, C, BV, m_block ? 0 : C);
+    load_tile_async(dos, S::ldv16, do_src, a.H * a.Dv, C, BV, m_block ? 0 : valid);
     if (tid < C / 4) cp_async16(gam + tid * 4, a.gam + bh * a.NC * C + n * C + tid * 4, true);
     cp_async_commit();
     cp_async_wait_all();
@@ -242,8 +266,8 @@ __global__ void __launch_bounds__(kThreads) dstate_kernel(DStateArgs a) {
       ks[r * S::ldk + c] = __float2bfloat16(bf(ks[r * S::ldk + c]) * __expf(gC - gam[r]));
       qs[r * S::ldk + c] = __float2bfloat16(bf(qs[r * S::ldk + c]) * __expf(gam[r]) * a.scale);
     }
-    {
-      bf16* hd = a.dhs + ((bh * a.NC + n) * a.Dv + r0) * DK;
+    if (dhs_out) {
+      bf16* hd = dhs_out + ((bh * a.NC + n) * a.Dv + r0) * DK;
       for (int i = tid; i < BV * DK / 8; i += kThreads) {
         const int r = i / (DK / 8), c = (i % (DK / 8)) * 8;
         *reinterpret_cast<uint4*>(hd + r * DK + c) = *reinterpret_cast<const uint4*>(sb + r * S::ldk + c);
@@ -285,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) dstate_kernel(DStateArgs a) {
       }
     }
     __syncthreads();
-    store_tile_bf16(a.dvn + (bh * a.NC + n) * C * a.Dv + r0, a.Dv, dvs, S::ldv32, C, BV);
+    if (dvn_out) store_tile_bf16(dvn_out + (bh * a.NC + n) * C * a.Dv + r0, a.Dv, dvs, S::ldv32, C, BV);
 
     // dH <- e^gamma_C dH + dO^T Q_dec + (-dv_new)^T W ([BV x DK], reduction over 2C).
     const float decay = __expf(gC);
@@ -330,10 +354,15 @@ __global__ void __launch_bounds__(kThreads) dstate_kernel(DStateArgs a) {
     __syncthreads();  // every read of this chunk's tiles is done before the next chunk's loads land
   }
 
-  if (a.dinit) {
-    float* out = a.dinit + (bh * a.Dv + r0) * DK;
-    for (int i = tid; i < BV * DK; i += kThreads) out[(i / DK) * DK + i % DK] = ss[(i / DK) * S::lds + i % DK];
+  __syncthreads();  // (a segment with no chunk still orders the initial rows before the copy out)
+  float* out = nullptr;
+  if (m_block) {
+    if (a.m_out) out = a.m_out + (bh * P + rseg) * DK * DK + r0 * DK;
+  } else if (a.out && (a.out_seg_stride || seg == 0)) {
+    out = a.out + bh * (a.out_seg_stride ? a.out_seg_stride * P : a.Dv * DK) + rseg * a.out_seg_stride + r0 * DK;
   }
+  if (out)
+    for (int i = tid; i < BV * DK; i += kThreads) out[(i / DK) * DK + i % DK] = ss[(i / DK) * S::lds + i % DK];
 }
 
 // ---- dqk: dq, the chunk-local part of dk, dW, this column tile's share of d gamma --------------------------------
@@ -748,7 +777,7 @@ struct BwdIn {  // the kernels' layouts (gated_delta_chunk_backward_cuda convert
 
 template <int DK>
 GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0, const at::Tensor& k0,
-                             const at::Tensor& v0) {
+                             const at::Tensor& v0, int segments, BackwardTrace* trace) {
   constexpr int BV = dstate_rows<DK>();
   const int64_t B = in.q.size(0), T = in.q.size(1), H = in.q.size(2), Dv = in.v.size(3), BH = B * H;
   const int64_t NC = (T + C - 1) / C;
@@ -757,8 +786,9 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
   const float sc = static_cast<float>(scale);
   auto bp = [](const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.data_ptr()); };
 
-  ChunkStates st = chunk_states(in.k, in.v, in.g, in.beta, in.init, 0, /*keep_t=*/true);
+  ChunkStates st = chunk_states(in.k, in.v, in.g, in.beta, in.init, segments, /*keep_t=*/true);
   st.u.reset();  // (only the forward's walk reads U; the stream-ordered allocator reuses it from here on)
+  if (trace) trace->t = st.t, trace->h = st.h, trace->vnew = st.vnew;
 
   at::Tensor dvl = at::empty({BH, NC, C, Dv}, f32);  // [BH, NC, C, Dv]
   set_smem(dvl_kernel<DK>, DvlSmem<DK>::bytes, "dv_local");
@@ -770,12 +800,31 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
   at::Tensor dvn = at::empty({BH, NC, C, Dv}, b16);   // [BH, NC, C, Dv]
   at::Tensor dinit = in.init.defined() ? empty_output({B, H, Dv, DK}, f32) : at::Tensor();
   set_smem(dstate_kernel<DK, BV>, DStateSmem<DK, BV>::bytes, "dstates");
-  dstate_kernel<DK, BV><<<dim3(unsigned(Dv / BV), unsigned(BH)), kThreads, DStateSmem<DK, BV>::bytes, stream>>>(
-      DStateArgs{bp(in.q), bp(in.k), bp(st.w), st.gam.data_ptr<float>(), dvl.data_ptr<float>(), bp(in.dout),
-                 in.dfinal.defined() ? in.dfinal.data_ptr<float>() : nullptr,
+  const int n_blocks = static_cast<int>(Dv / BV), m_blocks = DK / BV;
+  const int P = choose_segments(NC, BH * n_blocks, segments);
+  const int64_t cps = (NC + P - 1) / P;
+  const float* dvlp = dvl.data_ptr<float>();
+  at::Tensor starts;  // [BH, P, Dv, DK] the gradient at each segment's end, at index P-1-s
+  if (P > 1) {
+    at::Tensor nn = at::empty({BH, P, Dv, DK}, f32);  // [BH, P, Dv, DK] segment walk from zero (index P-1-s)
+    at::Tensor mm = at::empty({BH, P, DK, DK}, f32);  // [BH, P, DK, DK] segment transfer matrix (index P-1-s)
+    dstate_kernel<DK, BV><<<dim3(unsigned(n_blocks + m_blocks), unsigned(P), unsigned(BH)), kThreads,
+                            DStateSmem<DK, BV>::bytes, stream>>>(
+        DStateArgs{bp(in.q), bp(in.k), bp(st.w), st.gam.data_ptr<float>(), dvlp, bp(in.dout), nullptr, nullptr,
+                   nullptr, nn.data_ptr<float>(), mm.data_ptr<float>(), T, H, NC, Dv, cps, 0, Dv * DK, n_blocks,
+                   sc});
+    check_launch("gated_delta_chunk_backward_cuda segment M', N'");
+    starts = segment_scan(in.dfinal, mm, nn);
+  }
+  const float* startp = P > 1 ? starts.data_ptr<float>() : (in.dfinal.defined() ? in.dfinal.data_ptr<float>() : nullptr);
+  dstate_kernel<DK, BV><<<dim3(unsigned(n_blocks), unsigned(P), unsigned(BH)), kThreads, DStateSmem<DK, BV>::bytes,
+                          stream>>>(
+      DStateArgs{bp(in.q), bp(in.k), bp(st.w), st.gam.data_ptr<float>(), dvlp, bp(in.dout), startp,
                  reinterpret_cast<bf16*>(dhs.data_ptr()), reinterpret_cast<bf16*>(dvn.data_ptr()),
-                 dinit.defined() ? dinit.data_ptr<float>() : nullptr, T, H, NC, Dv, sc});
+                 dinit.defined() ? dinit.data_ptr<float>() : nullptr, nullptr, T, H, NC, Dv, cps,
+                 P > 1 ? Dv * DK : 0, 0, n_blocks, sc});
   check_launch("gated_delta_chunk_backward_cuda dstates");
+  if (trace) trace->dvl = dvl, trace->dh = dhs, trace->dvnew = dvn;
   dvl.reset();
 
   at::Tensor dq = empty_output({B, T, H, DK}, q0.options());
@@ -788,6 +837,7 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
               dq.data_ptr(), elem_type(dq, "gated_delta_chunk_backward_cuda dq"), dk_part.data_ptr<float>(),
               reinterpret_cast<bf16*>(dw.data_ptr()), dgam_part.data_ptr<float>(), T, H, NC, Dv, DK, sc});
   check_launch("gated_delta_chunk_backward_cuda dqk");
+  if (trace) trace->dw = dw, trace->dk_part = dk_part, trace->dgam = dgam_part.sum(2);
 
   at::Tensor dk = empty_output({B, T, H, DK}, k0.options());
   at::Tensor dv = empty_output({B, T, H, Dv}, v0.options());
@@ -803,12 +853,11 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
 }
 
 }  // namespace
-}  // namespace gdn
 
-GatedDeltaGrads gated_delta_chunk_backward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                const at::Tensor& g, const at::Tensor& beta, double scale,
-                                                const at::Tensor& initial_state, const at::Tensor& d_o,
-                                                const at::Tensor& d_final_state) {
+GatedDeltaGrads chunk_backward_traced(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& g, const at::Tensor& beta, double scale,
+                                      const at::Tensor& initial_state, const at::Tensor& d_o,
+                                      const at::Tensor& d_final_state, int segments, BackwardTrace* trace) {
   if (!gated_delta_chunk_cuda_supports(q, v, initial_state))
     throw Error("gated_delta_chunk_backward_cuda: unsupported q " + c10::str(q.sizes()) + " / v " +
                 c10::str(v.sizes()) + " (Dk 64, 128 or 256; Dv a multiple of 64 up to 512; CUDA, fp32/bf16/fp16)");
@@ -820,7 +869,7 @@ GatedDeltaGrads gated_delta_chunk_backward_cuda(const at::Tensor& q, const at::T
     throw Error("gated_delta_chunk_backward_cuda: d_final_state must be [B, H, Dv, Dk] = " + c10::str(sshape) +
                 ", got " + c10::str(d_final_state.sizes()));
   const c10::cuda::CUDAGuard guard(q.device());
-  gdn::BwdIn in;
+  BwdIn in;
   in.q = q.to(at::kBFloat16).contiguous();
   in.k = k.to(at::kBFloat16).contiguous();
   in.v = v.to(at::kBFloat16).contiguous();
@@ -831,14 +880,23 @@ GatedDeltaGrads gated_delta_chunk_backward_cuda(const at::Tensor& q, const at::T
   in.dfinal = d_final_state.defined() ? d_final_state.to(at::kFloat).contiguous() : at::Tensor();
   GatedDeltaGrads r;
   switch (q.size(3)) {
-    case 64: r = gdn::run_backward<64>(in, scale, q, k, v); break;
-    case 128: r = gdn::run_backward<128>(in, scale, q, k, v); break;
-    case 256: r = gdn::run_backward<256>(in, scale, q, k, v); break;
+    case 64: r = run_backward<64>(in, scale, q, k, v, segments, trace); break;
+    case 128: r = run_backward<128>(in, scale, q, k, v, segments, trace); break;
+    case 256: r = run_backward<256>(in, scale, q, k, v, segments, trace); break;
     default: throw Error("gated_delta_chunk_backward_cuda: Dk " + std::to_string(q.size(3)) + " unsupported");
   }
   r.dg = r.dg.to(g.scalar_type());
   r.dbeta = r.dbeta.to(beta.scalar_type());
   return r;
+}
+
+}  // namespace gdn
+
+GatedDeltaGrads gated_delta_chunk_backward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& g, const at::Tensor& beta, double scale,
+                                                const at::Tensor& initial_state, const at::Tensor& d_o,
+                                                const at::Tensor& d_final_state, int segments) {
+  return gdn::chunk_backward_traced(q, k, v, g, beta, scale, initial_state, d_o, d_final_state, segments, nullptr);
 }
 
 }  // namespace hylo::kernels

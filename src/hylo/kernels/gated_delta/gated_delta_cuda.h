@@ -37,11 +37,12 @@ struct GatedDeltaGrads {
 };
 // The chunked backward: given the forward's inputs and the upstream gradients d_o [B, T, H, Dv] (any float dtype)
 // and d_final_state [B, H, Dv, Dk] (or undefined = 0), recomputes the forward's per-chunk intermediates and returns
-// every input's gradient. Same supported set as gated_delta_chunk_cuda.
+// every input's gradient. Same supported set as gated_delta_chunk_cuda; segments as its (the recompute and the
+// reverse state walk are both split along the sequence).
 GatedDeltaGrads gated_delta_chunk_backward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 const at::Tensor& g, const at::Tensor& beta, double scale,
                                                 const at::Tensor& initial_state, const at::Tensor& d_o,
-                                                const at::Tensor& d_final_state);
+                                                const at::Tensor& d_final_state, int segments = 0);
 
 // gated_delta_chunk_cuda as a differentiable op (torch::autograd::Function: forward the chunk kernel, backward
 // gated_delta_chunk_backward_cuda). Inputs as gated_delta_chunk_cuda's; gradients flow to q, k, v, g, beta and
