@@ -87,6 +87,12 @@ int main(int argc, char** argv) {
         for (int i = 0; i < 2; ++i)
           (void)hylo::kernels::gated_delta_chunk_cuda(in.q, in.k, in.v, in.g, in.beta, 0.1, in.state, P);
       }
+      const at::Tensor d_o = at::randn(in.v.sizes(), in.v.options());
+      for (int P : {0, 1}) {
+        for (int i = 0; i < 2; ++i)
+          (void)hylo::kernels::gated_delta_chunk_backward_cuda(in.q, in.k, in.v, in.g, in.beta, 0.1, in.state, d_o,
+                                                               in.state, P);
+      }
     }
     return 0;
   }

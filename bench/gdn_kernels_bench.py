@@ -61,7 +61,7 @@ def main():
     # Per-stage times of the chunk kernel (the launcher prints them when HYLO_GDN_STAGE_TIMES is set).
     env = dict(os.environ, HYLO_GDN_STAGE_TIMES="1")
     st = subprocess.run([args.ours, "--stages"], capture_output=True, text=True, env=env)
-    print("".join(l + "\n" for l in st.stderr.splitlines() if l.startswith("gdn_stages")), end="")
+    print("".join(l + "\n" for l in st.stderr.splitlines() if l.startswith(("gdn_stages", "gdn_bwd_stages"))), end="")
     res = subprocess.run([args.ours] + (["--quick"] if args.quick else []), capture_output=True, text=True)
     print(res.stdout, end="")
     if res.returncode != 0:

@@ -23,6 +23,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -785,16 +787,23 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
   const cudaStream_t stream = current_stream();
   const float sc = static_cast<float>(scale);
   auto bp = [](const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.data_ptr()); };
+  // HYLO_GDN_STAGE_TIMES=1: each stage's time to stderr, as the forward's launcher (diagnosis only).
+  static const bool timed = std::getenv("HYLO_GDN_STAGE_TIMES") != nullptr;
+  cudaEvent_t ev[6];
+  if (timed)
+    for (auto& e : ev) cudaEventCreate(&e), cudaEventRecord(e, stream);
 
   ChunkStates st = chunk_states(in.k, in.v, in.g, in.beta, in.init, segments, /*keep_t=*/true);
   st.u.reset();  // (only the forward's walk reads U; the stream-ordered allocator reuses it from here on)
   if (trace) trace->t = st.t, trace->h = st.h, trace->vnew = st.vnew;
+  if (timed) cudaEventRecord(ev[1], stream);
 
   at::Tensor dvl = at::empty({BH, NC, C, Dv}, f32);  // [BH, NC, C, Dv]
   set_smem(dvl_kernel<DK>, DvlSmem<DK>::bytes, "dv_local");
   dvl_kernel<DK><<<dim3(unsigned(NC), unsigned(BH)), kThreads, DvlSmem<DK>::bytes, stream>>>(
       DvlArgs{bp(in.q), bp(in.k), bp(in.dout), st.gam.data_ptr<float>(), dvl.data_ptr<float>(), T, H, Dv, NC, sc});
   check_launch("gated_delta_chunk_backward_cuda dv_local");
+  if (timed) cudaEventRecord(ev[2], stream);
 
   at::Tensor dhs = at::empty({BH, NC, Dv, DK}, b16);  // [BH, NC, Dv, DK]
   at::Tensor dvn = at::empty({BH, NC, C, Dv}, b16);   // [BH, NC, C, Dv]
@@ -824,6 +833,7 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
                  dinit.defined() ? dinit.data_ptr<float>() : nullptr, nullptr, T, H, NC, Dv, cps,
                  P > 1 ? Dv * DK : 0, 0, n_blocks, sc});
   check_launch("gated_delta_chunk_backward_cuda dstates");
+  if (timed) cudaEventRecord(ev[3], stream);
   if (trace) trace->dvl = dvl, trace->dh = dhs, trace->dvnew = dvn;
   dvl.reset();
 
@@ -837,6 +847,7 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
               dq.data_ptr(), elem_type(dq, "gated_delta_chunk_backward_cuda dq"), dk_part.data_ptr<float>(),
               reinterpret_cast<bf16*>(dw.data_ptr()), dgam_part.data_ptr<float>(), T, H, NC, Dv, DK, sc});
   check_launch("gated_delta_chunk_backward_cuda dqk");
+  if (timed) cudaEventRecord(ev[4], stream);
   if (trace) trace->dw = dw, trace->dk_part = dk_part, trace->dgam = dgam_part.sum(2);
 
   at::Tensor dk = empty_output({B, T, H, DK}, k0.options());
@@ -849,6 +860,16 @@ GatedDeltaGrads run_backward(const BwdIn& in, double scale, const at::Tensor& q0
              elem_type(dk, "gated_delta_chunk_backward_cuda dk"), elem_type(dv, "gated_delta_chunk_backward_cuda dv"),
              dbeta.data_ptr<float>(), dg.data_ptr<float>(), T, H, NC, Dv});
   check_launch("gated_delta_chunk_backward_cuda wy");
+  if (timed) {
+    cudaEventRecord(ev[5], stream);
+    cudaEventSynchronize(ev[5]);
+    float t[5];
+    for (int i = 0; i < 5; ++i) cudaEventElapsedTime(&t[i], ev[i], ev[i + 1]);
+    std::fprintf(stderr, "gdn_bwd_stages B %ld T %ld H %ld Dk %d Dv %ld P %d: recompute %.3f ms, dv_local %.3f ms, "
+                 "dstates %.3f ms, dqk %.3f ms, wy %.3f ms\n", long(B), long(T), long(H), DK, long(Dv), P, t[0], t[1],
+                 t[2], t[3], t[4]);
+    for (auto& e : ev) cudaEventDestroy(e);
+  }
   return {dq, dk, dv, dg, dbeta, dinit};
 }
 
