@@ -650,7 +650,9 @@ __global__ void __launch_bounds__(kThreads) wy_kernel(WyArgs a) {
   for (int i = tid; i < C * C; i += kThreads) dt[(i / C) * ld32 + i % C] *= __expf(gam[i % C]);
 
   // Over the Dv tiles: dT += dv_new V^T; dv = beta o T^T dv_new; dbeta += rowsum(T^T dv_new o V).
-  const int r = tid >> 2, cq = (tid & 3) * 16;  // 4 threads a row, 16 columns each
+  // 4 threads a row, each every 4th column (c = cq + 4j): a warp reads 8 rows x 4 consecutive columns, no bank
+  // conflicts on the fp32 tiles (row stride 68 floats = 4 banks).
+  const int r = tid >> 2, cq = tid & 3;
   for (int64_t v0 = 0; v0 < a.Dv; v0 += kTile) {
     load_tile_async(vs, ld16, a.v + row0 * a.Dv + v0, a.H * a.Dv, C, kTile, valid);
     load_tile_async(dvs, ld16, a.dvn + chunk * C * a.Dv + v0, a.Dv, C, kTile, C);
@@ -663,7 +665,7 @@ __global__ void __launch_bounds__(kThreads) wy_kernel(WyArgs a) {
     float s = 0.0f;
 #pragma unroll 4
     for (int j = 0; j < 16; ++j) {
-      const int c = cq + j;
+      const int c = cq + 4 * j;
       const float x = tmp[r * ld32 + c];
       s += x * bf(vs[r * ld16 + c]);
       if (r < valid) store_from_float(a.dv, (row0 + int64_t(r) * a.H) * a.Dv + v0 + c, a.tv, bet[r] * x);
@@ -677,14 +679,14 @@ __global__ void __launch_bounds__(kThreads) wy_kernel(WyArgs a) {
 
   // dA = -strictly-lower(T^T dT T^T) in fp32: tmp = dT T^T, then dA = -T^T tmp (into dt).
   for (int j = 0; j < 16; ++j) {
-    const int c = cq + j;
+    const int c = cq + 4 * j;
     float s = 0.0f;
     for (int m = 0; m < C; ++m) s += dt[r * ld32 + m] * tf[c * ld32 + m];
     tmp[r * ld32 + c] = s;
   }
   __syncthreads();
   for (int j = 0; j < 16; ++j) {
-    const int c = cq + j;
+    const int c = cq + 4 * j;
     float s = 0.0f;
     if (c < r)
       for (int m = 0; m < C; ++m) s += tf[m * ld32 + r] * tmp[m * ld32 + c];
@@ -730,7 +732,7 @@ __global__ void __launch_bounds__(kThreads) wy_kernel(WyArgs a) {
     float s = 0.0f;
 #pragma unroll 4
     for (int j = 0; j < 16; ++j) {
-      const int c = cq + j;
+      const int c = cq + 4 * j;
       const float x = tmp[r * ld32 + c];
       s += x * bf(ks[r * S::ldk + c0 + c]);
       if (r < valid)
