@@ -205,25 +205,28 @@ TEST(GatedDeltaBwdCuda, OpUsesTheAutogradWrapperWhenGradientsAreNeeded) {
   HYLO_REQUIRE_CUDA();
   const Inputs x = make({1, 150, 2, 128, 128, true, true}, at::kFloat, at::kBFloat16, 500);
   const double scale = 1.0 / std::sqrt(128.0);
-  const GatedDeltaOutput fwd = kernels::gated_delta_chunk_cuda(x.q, x.k, x.v, x.g, x.beta, scale, x.state);
-  for (int use : {0, 1, 2}) {  // 0: o and final state, 1: o only, 2: final state only
-    std::vector<at::Tensor> leaves = {x.q, x.k, x.v, x.g, x.beta, x.state};
-    for (auto& l : leaves) l = l.detach().clone().requires_grad_(true);
-    const GatedDeltaOutput r = gated_delta_chunk(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], scale,
-                                                 leaves[5], 64);
-    ASSERT_TRUE(r.o.requires_grad() && r.final_state.requires_grad());
-    EXPECT_TRUE(at::equal(r.o, fwd.o)) << "the op did not run the chunk kernel";
-    EXPECT_TRUE(at::equal(r.final_state, fwd.final_state));
-    at::Tensor loss = use == 2 ? (r.final_state * x.d_final).sum() : (r.o * x.d_o).sum();
-    if (use == 0) loss = loss + (r.final_state * x.d_final).sum();
-    loss.backward();
-    const at::Tensor d_o = use == 2 ? at::zeros_like(x.d_o) : x.d_o;
-    const kernels::GatedDeltaGrads want = kernels::gated_delta_chunk_backward_cuda(
-        x.q, x.k, x.v, x.g, x.beta, scale, x.state, d_o, use == 1 ? at::Tensor() : x.d_final);
-    const std::vector<at::Tensor> w = {want.dq, want.dk, want.dv, want.dg, want.dbeta, want.d_initial_state};
-    for (size_t i = 0; i < leaves.size(); ++i)
-      EXPECT_TRUE(at::equal(leaves[i].grad(), w[i])) << "input " << i << " use " << use;
-  }
+  for (bool with_state : {true, false})  // no initial state: training's usual call
+    for (int use : {0, 1, 2}) {          // 0: o and final state, 1: o only, 2: final state only
+      const at::Tensor s0 = with_state ? x.state : at::Tensor();
+      const GatedDeltaOutput fwd = kernels::gated_delta_chunk_cuda(x.q, x.k, x.v, x.g, x.beta, scale, s0);
+      std::vector<at::Tensor> leaves = {x.q, x.k, x.v, x.g, x.beta, x.state};
+      for (auto& l : leaves) l = l.detach().clone().requires_grad_(true);
+      const GatedDeltaOutput r = gated_delta_chunk(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], scale,
+                                                   with_state ? leaves[5] : at::Tensor(), 64);
+      ASSERT_TRUE(r.o.requires_grad() && r.final_state.requires_grad());
+      EXPECT_TRUE(at::equal(r.o, fwd.o)) << "the op did not run the chunk kernel";
+      EXPECT_TRUE(at::equal(r.final_state, fwd.final_state));
+      at::Tensor loss = use == 2 ? (r.final_state * x.d_final).sum() : (r.o * x.d_o).sum();
+      if (use == 0) loss = loss + (r.final_state * x.d_final).sum();
+      loss.backward();
+      const at::Tensor d_o = use == 2 ? at::zeros_like(x.d_o) : x.d_o;
+      const kernels::GatedDeltaGrads want = kernels::gated_delta_chunk_backward_cuda(
+          x.q, x.k, x.v, x.g, x.beta, scale, s0, d_o, use == 1 ? at::Tensor() : x.d_final);
+      const std::vector<at::Tensor> w = {want.dq, want.dk, want.dv, want.dg, want.dbeta, want.d_initial_state};
+      for (size_t i = 0; i < (with_state ? 6u : 5u); ++i)
+        EXPECT_TRUE(at::equal(leaves[i].grad(), w[i])) << "input " << i << " use " << use << " state " << with_state;
+      if (!with_state) EXPECT_FALSE(leaves[5].grad().defined());
+    }
   // Only v requires a gradient: the others get none.
   at::Tensor v = x.v.detach().clone().requires_grad_(true);
   const GatedDeltaOutput r = gated_delta_chunk(x.q, x.k, v, x.g, x.beta, scale, x.state, 64);

@@ -3,6 +3,8 @@
 // between forward and backward is the inputs' own.
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <optional>
+
 #include "hylo/kernels/gated_delta/gated_delta_cuda.h"
 
 namespace hylo::kernels {
@@ -11,12 +13,18 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The initial state is optional: an undefined tensor cannot be an autograd input (apply records its device), so
+// it comes as std::optional, which apply treats as a non-variable argument when empty.
 struct GatedDeltaChunkFn : public torch::autograd::Function<GatedDeltaChunkFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const at::Tensor& g, const at::Tensor& beta, double scale,
-                               const at::Tensor& initial_state) {
-    const GatedDeltaOutput out = gated_delta_chunk_cuda(q, k, v, g, beta, scale, initial_state);
-    ctx->save_for_backward({q, k, v, g, beta, initial_state});
+                               const std::optional<at::Tensor>& initial_state) {
+    const at::Tensor init = initial_state.has_value() ? *initial_state : at::Tensor();
+    const GatedDeltaOutput out = gated_delta_chunk_cuda(q, k, v, g, beta, scale, init);
+    if (init.defined())
+      ctx->save_for_backward({q, k, v, g, beta, init});
+    else
+      ctx->save_for_backward({q, k, v, g, beta});
     ctx->saved_data["scale"] = scale;
     return {out.o, out.final_state};
   }
@@ -24,7 +32,8 @@ struct GatedDeltaChunkFn : public torch::autograd::Function<GatedDeltaChunkFn> {
   // grads: d o [B, T, H, Dv] and d final_state [B, H, Dv, Dk], either undefined when its output was not used.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
-    const at::Tensor &q = s[0], &k = s[1], &v = s[2], &g = s[3], &beta = s[4], &init = s[5];
+    const at::Tensor &q = s[0], &k = s[1], &v = s[2], &g = s[3], &beta = s[4];
+    const at::Tensor init = s.size() > 5 ? s[5] : at::Tensor();
     const at::Tensor d_o = grads[0].defined() ? grads[0] : at::zeros_like(v);
     const GatedDeltaGrads r = gated_delta_chunk_backward_cuda(q, k, v, g, beta, ctx->saved_data["scale"].toDouble(),
                                                               init, d_o, grads[1]);
@@ -37,7 +46,9 @@ struct GatedDeltaChunkFn : public torch::autograd::Function<GatedDeltaChunkFn> {
 GatedDeltaOutput gated_delta_chunk_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                             const at::Tensor& g, const at::Tensor& beta, double scale,
                                             const at::Tensor& initial_state) {
-  const variable_list out = GatedDeltaChunkFn::apply(q, k, v, g, beta, scale, initial_state);
+  const std::optional<at::Tensor> init =
+      initial_state.defined() ? std::optional<at::Tensor>(initial_state) : std::nullopt;
+  const variable_list out = GatedDeltaChunkFn::apply(q, k, v, g, beta, scale, init);
   return {out[0], out[1]};
 }
 
