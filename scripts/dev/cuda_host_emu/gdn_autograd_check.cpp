@@ -34,4 +34,10 @@ int main() {
       if (!with_state) std::printf(" (s0 grad defined %d)", (int)L[5].grad().defined());
       std::printf("\n");
     }
+  // Only v requires a gradient, the initial state is given without one (a stateful forward under training).
+  at::Tensor vg = v.detach().clone().requires_grad_(true);
+  auto r = kernels::gated_delta_chunk_autograd(q, k, vg, g, beta, 0.125, s0);
+  (r.o.to(at::kFloat) * d_o.to(at::kFloat)).sum().backward();
+  auto w = kernels::gated_delta_chunk_backward_cuda(q, k, v, g, beta, 0.125, s0, d_o, at::Tensor());
+  std::printf("only v: %d\n", (int)(vg.grad().defined() && at::equal(vg.grad(), w.dv)));
 }
