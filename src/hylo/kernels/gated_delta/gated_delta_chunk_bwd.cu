@@ -195,19 +195,23 @@ struct DStateArgs {
   float scale;
 };
 
+// The per-chunk tiles (K, Q, W, dv_local, dO, gamma) are double-buffered where shared memory allows (Dk <= 128):
+// the next chunk's loads fly while this one computes. Dk 256 keeps one buffer (two would need 290 KB).
 template <int DK, int BV>
 struct DStateSmem {
+  static constexpr int nbuf = DK <= 128 ? 2 : 1;
   static constexpr int ldk = DK + kPad16, lds = DK + kPad32, ldv32 = BV + kPad32, ldv16 = BV + kPad16;
+  static constexpr size_t kt = sizeof(bf16) * C * ldk, dvt = sizeof(float) * C * ldv32, dot = sizeof(bf16) * C * ldv16;
   static constexpr size_t s_off = 0;                                             // fp32 [BV][lds]   dH rows
   static constexpr size_t sb_off = align128(s_off + sizeof(float) * BV * lds);   // bf16 [BV][ldk]   dH in bf16
-  static constexpr size_t k_off = align128(sb_off + sizeof(bf16) * BV * ldk);    // bf16 [C][ldk]    K, then K_dec
-  static constexpr size_t q_off = align128(k_off + sizeof(bf16) * C * ldk);      // bf16 [C][ldk]    Q, then Q_dec
-  static constexpr size_t w_off = align128(q_off + sizeof(bf16) * C * ldk);      // bf16 [C][ldk]    W
-  static constexpr size_t dv_off = align128(w_off + sizeof(bf16) * C * ldk);     // fp32 [C][ldv32]  dv_local, dv_new
-  static constexpr size_t do_off = align128(dv_off + sizeof(float) * C * ldv32); // bf16 [C][ldv16]  dO columns
-  static constexpr size_t nb_off = align128(do_off + sizeof(bf16) * C * ldv16);  // bf16 [C][ldv16]  -dv_new
-  static constexpr size_t g_off = align128(nb_off + sizeof(bf16) * C * ldv16);   // fp32 [C]
-  static constexpr size_t bytes = g_off + sizeof(float) * C;
+  static constexpr size_t k_off = align128(sb_off + sizeof(bf16) * BV * ldk);    // bf16 [nbuf][C][ldk]  K, K_dec
+  static constexpr size_t q_off = align128(k_off + nbuf * kt);                   // bf16 [nbuf][C][ldk]  Q, Q_dec
+  static constexpr size_t w_off = align128(q_off + nbuf * kt);                   // bf16 [nbuf][C][ldk]  W
+  static constexpr size_t dv_off = align128(w_off + nbuf * kt);                  // fp32 [nbuf][C][ldv32] dv_local, new
+  static constexpr size_t do_off = align128(dv_off + nbuf * dvt);                // bf16 [nbuf][C][ldv16] dO columns
+  static constexpr size_t nb_off = align128(do_off + nbuf * dot);                // bf16 [C][ldv16]  -dv_new
+  static constexpr size_t g_off = align128(nb_off + dot);                        // fp32 [nbuf][C]
+  static constexpr size_t bytes = g_off + sizeof(float) * nbuf * C;
 };
 
 template <int DK, int BV>
@@ -216,13 +220,7 @@ __global__ void __launch_bounds__(kThreads) dstate_kernel(DStateArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   float* ss = reinterpret_cast<float*>(smem + S::s_off);
   bf16* sb = reinterpret_cast<bf16*>(smem + S::sb_off);
-  bf16* ks = reinterpret_cast<bf16*>(smem + S::k_off);
-  bf16* qs = reinterpret_cast<bf16*>(smem + S::q_off);
-  bf16* ws = reinterpret_cast<bf16*>(smem + S::w_off);
-  float* dvs = reinterpret_cast<float*>(smem + S::dv_off);
-  bf16* dos = reinterpret_cast<bf16*>(smem + S::do_off);
   bf16* nb = reinterpret_cast<bf16*>(smem + S::nb_off);
-  float* gam = reinterpret_cast<float*>(smem + S::g_off);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const bool m_block = int(blockIdx.x) >= a.n_blocks;
@@ -245,21 +243,41 @@ __global__ void __launch_bounds__(kThreads) dstate_kernel(DStateArgs a) {
     sb[r * S::ldk + c] = __float2bfloat16(x);
   }
 
-  for (int64_t n = n_end - 1; n >= n_begin; --n) {
+  // Chunk n's tiles into buffer buf (one commit group).
+  auto issue = [&](int64_t n, int buf) {
     const int64_t t0 = n * C, row0 = (b * a.T + t0) * a.H + h;
     const int valid = static_cast<int>(a.T - t0 < C ? a.T - t0 : int64_t(C));
-    load_tile_async(ks, S::ldk, a.k + row0 * DK, a.H * DK, C, DK, valid);
-    load_tile_async(qs, S::ldk, a.q + row0 * DK, a.H * DK, C, DK, valid);
-    load_tile_async(ws, S::ldk, a.w + (bh * a.NC + n) * C * DK, DK, C, DK, C);
+    load_tile_async(reinterpret_cast<bf16*>(smem + S::k_off + buf * S::kt), S::ldk, a.k + row0 * DK, a.H * DK, C,
+                    DK, valid);
+    load_tile_async(reinterpret_cast<bf16*>(smem + S::q_off + buf * S::kt), S::ldk, a.q + row0 * DK, a.H * DK, C,
+                    DK, valid);
+    load_tile_async(reinterpret_cast<bf16*>(smem + S::w_off + buf * S::kt), S::ldk, a.w + (bh * a.NC + n) * C * DK,
+                    DK, C, DK, C);
     // M blocks: dv_local = dO = 0 (zero-filled tiles; the row offset r0 of an M block is not a Dv column).
     const float* dvl_src = m_block ? a.dvl : a.dvl + (bh * a.NC + n) * C * a.Dv + r0;
     const bf16* do_src = m_block ? a.dout : a.dout + row0 * a.Dv + r0;
-    load_tile_f32_async(dvs, S::ldv32, dvl_src, a.Dv, C, BV, m_block ? 0 : C);
-    load_tile_async(dos, S::ldv16, do_src, a.H * a.Dv, C, BV, m_block ? 0 : valid);
-    if (tid < C / 4) cp_async16(gam + tid * 4, a.gam + bh * a.NC * C + n * C + tid * 4, true);
+    load_tile_f32_async(reinterpret_cast<float*>(smem + S::dv_off + buf * S::dvt), S::ldv32, dvl_src, a.Dv, C, BV,
+                        m_block ? 0 : C);
+    load_tile_async(reinterpret_cast<bf16*>(smem + S::do_off + buf * S::dot), S::ldv16, do_src, a.H * a.Dv, C, BV,
+                    m_block ? 0 : valid);
+    float* g = reinterpret_cast<float*>(smem + S::g_off) + buf * C;
+    if (tid < C / 4) cp_async16(g + tid * 4, a.gam + bh * a.NC * C + n * C + tid * 4, true);
     cp_async_commit();
+  };
+  if (S::nbuf == 2 && n_begin < n_end) issue(n_end - 1, 0);
+
+  for (int64_t n = n_end - 1; n >= n_begin; --n) {
+    const int buf = S::nbuf == 2 ? int((n_end - 1 - n) & 1) : 0;
+    if (S::nbuf == 1) issue(n, 0);
     cp_async_wait_all();
-    __syncthreads();
+    __syncthreads();  // chunk n landed for every thread; every read of the other buffer (chunk n + 1) is done
+    if (S::nbuf == 2 && n > n_begin) issue(n - 1, buf ^ 1);
+    bf16* ks = reinterpret_cast<bf16*>(smem + S::k_off + buf * S::kt);
+    bf16* qs = reinterpret_cast<bf16*>(smem + S::q_off + buf * S::kt);
+    const bf16* ws = reinterpret_cast<const bf16*>(smem + S::w_off + buf * S::kt);
+    float* dvs = reinterpret_cast<float*>(smem + S::dv_off + buf * S::dvt);
+    const bf16* dos = reinterpret_cast<const bf16*>(smem + S::do_off + buf * S::dot);
+    const float* gam = reinterpret_cast<const float*>(smem + S::g_off) + buf * C;
     const float gC = gam[C - 1];
 
     // K -> K_dec = K o e^(gamma_C - gamma), Q -> Q_dec = scale Q o e^gamma (bf16, in place); dH out for dqk.
@@ -762,7 +780,8 @@ __global__ void __launch_bounds__(kThreads) wy_kernel(WyArgs a) {
 
 constexpr size_t kMaxSmem = 227 * 1024;  // sm_90's opt-in shared memory per block
 static_assert(DvlSmem<256>::bytes <= kMaxSmem && DStateSmem<256, 32>::bytes <= kMaxSmem &&
-                  DStateSmem<128, 64>::bytes <= kMaxSmem && DqkSmem::bytes <= kMaxSmem && WySmem<256>::bytes <= kMaxSmem,
+                  DStateSmem<128, 64>::bytes <= kMaxSmem && DStateSmem<64, 64>::bytes <= kMaxSmem &&
+                  DqkSmem::bytes <= kMaxSmem && WySmem<256>::bytes <= kMaxSmem,
               "a backward kernel's shared memory exceeds the per-block limit");
 
 template <typename Kernel>
