@@ -3,6 +3,7 @@
 //    fp16, with and without the residual, D below, at and above one block's width;
 //  - the fused GDN decode kernel fed the packed projection output (column views with row stride sum N) gives
 //    exactly what it gives for contiguous copies of the same values (same kernel, same numbers: bitwise);
+//  - kernels/swiglu/silu_mul.cu on the two halves of a packed [R, 2F] buffer against ATen's silu(gate) * up;
 //  - a whole hybrid decode step with every fusion on equals the same step with them off, within bf16 tolerance.
 #include <gtest/gtest.h>
 
@@ -19,6 +20,7 @@
 #ifdef HYLO_HAVE_CUDA
 #include "hylo/kernels/gated_delta/gdn_decode_fused.h"
 #include "hylo/kernels/rms_norm/add_rms_norm.h"
+#include "hylo/kernels/swiglu/silu_mul.h"
 #endif
 
 namespace hylo {
@@ -73,6 +75,24 @@ TEST(AddRmsNormCuda, UnsupportedCallsFallBackToAten) {
   EXPECT_FALSE(kernels::add_rms_norm_cuda_supported(h.t(), at::Tensor(), at::ones({2}, o))) << "not contiguous";
   EXPECT_TRUE(at::equal(ops::rms_norm(h, w32, 1e-5), ops::rms_norm_reference(h, w32, 1e-5)));
   EXPECT_THROW(kernels::add_rms_norm_cuda(h, at::Tensor(), w32, 1e-5), std::exception);
+}
+
+// Same rounding points as ATen (SiLU rounded to the dtype, then the product), but SiLU's exp may differ from
+// ATen's in its last fp32 bit, which can move the rounded SiLU to the neighbouring value: |diff| <= 2 u |ref|.
+TEST(SiluMulCuda, PackedHalvesEqualAten) {
+  HYLO_REQUIRE_CUDA();
+  at::manual_seed(4);
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    for (int64_t R : {1, 7}) {
+      const int64_t F = 1536;
+      at::Tensor gu = 3.0 * at::randn({R, 2 * F}, at::TensorOptions().dtype(t).device(at::kCUDA));
+      at::Tensor g = gu.narrow(1, 0, F), u = gu.narrow(1, F, F);
+      ASSERT_TRUE(kernels::silu_mul_cuda_supported(g, u));
+      at::Tensor got = kernels::silu_mul_cuda(g, u).to(at::kDouble), want = (at::silu(g) * u).to(at::kDouble);
+      const double excess = ((got - want).abs() - 2 * unit_roundoff(t) * want.abs()).max().item<double>();
+      EXPECT_LE(excess, 0.0) << c10::toString(t) << " R=" << R;
+    }
+  }
 }
 
 TEST(GdnDecodeFusedPacked, StridedProjectionRowsEqualContiguous) {
