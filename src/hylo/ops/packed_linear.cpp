@@ -18,9 +18,8 @@ bool PackedLinear::enabled() { return g_enabled; }
 
 bool PackedLinear::applies(const at::Tensor& x, const std::vector<const at::Tensor*>& weights,
                            const std::vector<const at::Tensor*>& biases) {
-  if (!g_enabled) return false;
-  if (!at::GradMode::is_enabled()) return true;
-  bool grad = x.requires_grad();
+  if (!g_enabled || x.dim() < 1 || x.size(-1) == 0 || x.numel() / x.size(-1) > kMaxRows) return false;
+  bool grad = at::GradMode::is_enabled() && x.requires_grad();
   for (const auto* list : {&weights, &biases})
     for (const at::Tensor* t : *list) grad = grad || (t->defined() && t->requires_grad());
   return !grad;

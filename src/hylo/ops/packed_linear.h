@@ -34,8 +34,12 @@ class PackedLinear {
   std::vector<at::Tensor> operator()(const at::Tensor& x, const std::vector<const at::Tensor*>& weights,
                                      const std::vector<const at::Tensor*>& biases = {});
 
-  // True when the packed path may run: packing is switched on (set_enabled) and no gradient is needed (grad mode
-  // off, or neither x nor any source requires grad).
+  // True when the packed path may run: packing is switched on (set_enabled), x has at most kMaxRows rows (decode
+  // steps and small batches, where kernel launches dominate; a prefill chunk or a training batch is compute-bound,
+  // so the separate GEMMs cost the same and no packed copy is made for it: a frozen teacher in distillation never
+  // allocates one), and no gradient can be needed (x needs none and no source requires grad, whatever the grad
+  // mode: a model being trained keeps no second copy of its weights, even for its no_grad evaluations).
+  static constexpr int64_t kMaxRows = 512;
   static bool applies(const at::Tensor& x, const std::vector<const at::Tensor*>& weights,
                       const std::vector<const at::Tensor*>& biases = {});
 

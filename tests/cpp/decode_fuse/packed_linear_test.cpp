@@ -93,7 +93,11 @@ TEST(PackedLinear, NotAppliedWhenAGradientIsNeeded) {
   EXPECT_FALSE(ops::PackedLinear::applies(x, {&w0, &w1})) << "training must reach w1's gradient";
   {
     at::NoGradGuard no_grad;
-    EXPECT_TRUE(ops::PackedLinear::applies(x, {&w0, &w1})) << "evaluation under no_grad may pack";
+    EXPECT_FALSE(ops::PackedLinear::applies(x, {&w0, &w1})) << "a model in training keeps no second copy";
+    w1.requires_grad_(false);
+    EXPECT_TRUE(ops::PackedLinear::applies(x, {&w0, &w1})) << "a frozen model under no_grad packs";
+    at::Tensor big = at::randn({ops::PackedLinear::kMaxRows + 1, 16});
+    EXPECT_FALSE(ops::PackedLinear::applies(big, {&w0, &w1})) << "a prefill-sized input runs the separate GEMMs";
   }
   ops::PackedLinear::set_enabled(false);
   EXPECT_FALSE(ops::PackedLinear::applies(x, {&w0}));
