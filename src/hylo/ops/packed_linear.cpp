@@ -1,6 +1,7 @@
 #include "hylo/ops/packed_linear.h"
 
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <atomic>
 #include <string>
@@ -91,8 +92,21 @@ std::vector<at::Tensor> PackedLinear::operator()(const at::Tensor& x, const std:
         bs.push_back(b.defined() ? b.detach().to(w0.scalar_type()) : at::zeros({w.size(0)}, w0.options()));
       }
     }
-    weight_ = at::cat(ws, 0).contiguous();                    // [sum N_i, D]
-    bias_ = any_bias ? at::cat(bs, 0) : at::Tensor();          // [sum N_i]
+    // A rebuild of the same shape writes into the existing copy instead of allocating a new one, so its address
+    // stays valid for a CUDA graph that captured it (a graph replay runs no host code, so it reads the copy as
+    // last rebuilt by an eager call; engines assume the model does not change while their graphs live).
+    auto store = [](at::Tensor& dst, const std::vector<at::Tensor>& parts) {
+      at::Tensor packed = at::cat(parts, 0);                   // [sum N_i, ...]
+      // (An inference tensor, made under c10::InferenceMode, can be written in place only inside it.)
+      if (dst.defined() && dst.sizes().equals(packed.sizes()) && dst.scalar_type() == packed.scalar_type() &&
+          dst.device() == packed.device() && (!dst.is_inference() || c10::InferenceMode::is_enabled()))
+        dst.copy_(packed);
+      else
+        dst = packed.contiguous();
+    };
+    store(weight_, ws);                                        // [sum N_i, D]
+    if (any_bias) store(bias_, bs);                            // [sum N_i]
+    else bias_ = at::Tensor();
     widths_ = std::move(widths);
     sources_.clear();
     for (const at::Tensor* t : all) sources_.push_back(source_of(t));

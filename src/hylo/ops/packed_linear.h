@@ -16,7 +16,8 @@
 // not reach the sources' gradients, so callers take this path only when `applies` says no gradient is needed, and
 // run the separate at::linear calls (the reference) otherwise. A CUDA graph captures the packed copy's pointer, as
 // it captures every weight pointer: an engine's graphs assume the model does not change while they live (the
-// warm-up steps before capture build the copy, so no rebuild is ever captured).
+// warm-up steps before capture build the copy, so no rebuild is ever captured; a rebuild of the same shape
+// writes into the existing copy, so a captured address never dangles).
 // Cost: the packed copy duplicates the packed weights in memory.
 #pragma once
 
@@ -48,6 +49,7 @@ class PackedLinear {
   static bool enabled();
 
   int64_t builds() const { return builds_; }  // how many times the packed copy was (re)built (tests)
+  const at::Tensor& packed_weight() const { return weight_; }  // [sum N_i, D] or undefined (tests)
   void reset();                               // drop the packed copy (frees its memory)
 
  private:

@@ -66,6 +66,7 @@ TEST(PackedLinear, InPlaceWriteRebindAndDtypeChangeRebuild) {
   };
   check("first build");
   at::Tensor before = packed(x, {&w0, &w1})[1].clone();
+  const void* address = packed.packed_weight().data_ptr();
   {
     at::NoGradGuard no_grad;
     w1.mul_(3.0);  // an optimiser step or a loader's copy_: the same tensor, written in place
@@ -73,6 +74,7 @@ TEST(PackedLinear, InPlaceWriteRebindAndDtypeChangeRebuild) {
   check("after an in-place write");
   EXPECT_FALSE(at::allclose(before, packed(x, {&w0, &w1})[1])) << "the new values must be used";
   EXPECT_EQ(packed.builds(), 2);
+  EXPECT_EQ(packed.packed_weight().data_ptr(), address) << "a same-shape rebuild keeps the address (CUDA graphs)";
   w1.detach().add_(1.0);  // a write through a detached alias shares the version counter
   check("after a write through detach()");
   EXPECT_EQ(packed.builds(), 3);
