@@ -19,7 +19,8 @@ bool PackedLinear::enabled() { return g_enabled; }
 
 bool PackedLinear::applies(const at::Tensor& x, const std::vector<const at::Tensor*>& weights,
                            const std::vector<const at::Tensor*>& biases) {
-  if (!g_enabled || x.dim() < 1 || x.size(-1) == 0 || x.numel() / x.size(-1) > kMaxRows) return false;
+  if (!g_enabled || !c10::InferenceMode::is_enabled()) return false;
+  if (x.dim() < 1 || x.size(-1) == 0 || x.numel() / x.size(-1) > kMaxRows) return false;
   bool grad = at::GradMode::is_enabled() && x.requires_grad();
   for (const auto* list : {&weights, &biases})
     for (const at::Tensor* t : *list) grad = grad || (t->defined() && t->requires_grad());

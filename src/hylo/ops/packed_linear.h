@@ -35,7 +35,9 @@ class PackedLinear {
   std::vector<at::Tensor> operator()(const at::Tensor& x, const std::vector<const at::Tensor*>& weights,
                                      const std::vector<const at::Tensor*>& biases = {});
 
-  // True when the packed path may run: packing is switched on (set_enabled), x has at most kMaxRows rows (decode
+  // True when the packed path may run: packing is switched on (set_enabled), the thread is in c10::InferenceMode
+  // (the engine's steps, generate, serve, eval: a no_grad training context such as a frozen teacher's forward keeps
+  // the separate GEMMs, so training numerics are untouched), x has at most kMaxRows rows (decode
   // steps and small batches, where kernel launches dominate; a prefill chunk or a training batch is compute-bound,
   // so the separate GEMMs cost the same and no packed copy is made for it: a frozen teacher in distillation never
   // allocates one), and no gradient can be needed (x needs none and no source requires grad, whatever the grad

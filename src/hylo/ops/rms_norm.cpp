@@ -1,6 +1,7 @@
 #include "hylo/ops/rms_norm.h"
 
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <atomic>
 
@@ -14,11 +15,12 @@ namespace {
 
 std::atomic<bool> g_fused{true};
 
-// The CUDA kernel covers this call: switched on, no gradient needed (it has no backward), shapes and dtypes it
-// supports (checked by the kernel's own predicate).
+// The CUDA kernel covers this call: switched on, inside c10::InferenceMode (the engine, generate, serve, eval;
+// training, a frozen teacher's no_grad forward included, keeps the ATen form and its exact numerics), no gradient
+// needed (it has no backward), shapes and dtypes it supports (checked by the kernel's own predicate).
 bool kernel_applies(const at::Tensor& h, const at::Tensor& m, const at::Tensor& weight) {
 #ifdef HYLO_HAVE_CUDA
-  if (!g_fused || !h.is_cuda()) return false;
+  if (!g_fused || !h.is_cuda() || !c10::InferenceMode::is_enabled()) return false;
   if (at::GradMode::is_enabled() && (h.requires_grad() || weight.requires_grad() || (m.defined() && m.requires_grad())))
     return false;
   return kernels::add_rms_norm_cuda_supported(h, m, weight);

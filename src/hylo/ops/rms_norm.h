@@ -1,7 +1,7 @@
 // RMSNorm as Hugging Face computes it (LlamaRMSNorm and friends): the mean of squares and the rsqrt are taken
 // in fp32 (fp64 for an fp64 input), the normalised value is cast back to the input dtype, then scaled by the
 // weight. Matching this order is what makes bf16 outputs agree with transformers bit for bit where possible.
-// On CUDA (fp32/bf16/fp16 with a weight of the input's dtype, no gradient needed) both ops below run as one kernel
+// On CUDA in c10::InferenceMode (fp32/bf16/fp16 with a weight of the input's dtype) both ops below run as one kernel
 // (kernels/rms_norm/add_rms_norm.h) with the same rounding points; rms_norm_reference / the ATen forms stay the
 // reference and the CPU path.
 #pragma once

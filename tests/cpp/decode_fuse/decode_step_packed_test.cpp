@@ -6,6 +6,7 @@
 
 #include <ATen/record_function.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <atomic>
 #include <iostream>
@@ -58,7 +59,7 @@ TEST(DecodeStepPacked, GdnLayerEqualsSeparateProjections) {
   at::Tensor prompt = at::randn({B, 5, D}), step = at::randn({B, 1, D});
   auto st_packed = gdn.new_state(B, 16, model->options()), st_sep = gdn.new_state(B, 16, model->options());
   at::Tensor pos = at::arange(5, at::kLong), pos1 = at::full({1}, 5, at::kLong);
-  at::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // the packed path is for inference only
   at::Tensor yp0, ys0, yp, ys;
   {
     Packing on(true);
@@ -90,7 +91,7 @@ TEST(DecodeStepPacked, MlaLayerEqualsSeparateProjections) {
     at::Tensor prompt = at::randn({B, 6, D}), step = at::randn({B, 1, D});
     at::Tensor pos = at::arange(6, at::kLong), pos1 = at::full({1}, 6, at::kLong);
     auto st_packed = mla.new_state(B, 16, model->options()), st_sep = mla.new_state(B, 16, model->options());
-    at::NoGradGuard no_grad;
+    c10::InferenceMode inference;  // the packed path is for inference only
     at::Tensor yp0, ys0, yp, ys;
     {
       Packing on(true);
@@ -117,6 +118,7 @@ TEST(DecodeStepPacked, SwigluMlpEqualsSeparateProjections) {
   at::Tensor gw = 0.1 * at::randn({F, D}), uw = 0.1 * at::randn({F, D}), dw = 0.1 * at::randn({D, F});
   at::Tensor gb = at::randn({F}), ub = at::randn({F}), db = at::randn({D});
   ops::PackedLinear packed;
+  c10::InferenceMode inference;
   for (bool bias : {false, true}) {
     const at::Tensor none;
     at::Tensor want = ops::swiglu_mlp(x, gw, uw, dw, bias ? gb : none, bias ? ub : none, bias ? db : none);
@@ -134,7 +136,7 @@ TEST(DecodeStepPacked, ModelStepsEqualSeparateAndFollowInPlaceUpdates) {
   const int64_t D = config.hidden_size;
   at::Tensor ids = at::randint(0, config.vocab_size, {1, 7}, at::kLong);
   auto sp = packed_model->new_state(1, 32), ss = sep_model->new_state(1, 32);
-  at::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // the packed path is for inference only
   auto step = [&](const at::Tensor& tok, const std::string& what) {
     at::Tensor lp, ls;
     {
@@ -177,7 +179,7 @@ std::atomic<int64_t> g_gemms{0};
 
 int64_t gemms_of_decode_step(CausalLM& model, bool packing) {
   auto state = model.new_state(1, 16);
-  at::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // the packed path is for inference only
   Packing p(packing);
   model.forward(at::tensor({3, 4, 5}, at::kLong).view({1, 3}), state.get());
   g_gemms = 0;

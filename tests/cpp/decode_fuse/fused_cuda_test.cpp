@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cmath>
 #include <string>
@@ -46,6 +47,7 @@ void expect_norm_close(const at::Tensor& got, const at::Tensor& want, int64_t D,
 
 TEST(AddRmsNormCuda, EqualsAtenReference) {
   HYLO_REQUIRE_CUDA();
+  c10::InferenceMode inference;  // ops::rms_norm routes to the kernel in inference only
   at::manual_seed(1);
   for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
     for (std::vector<int64_t> shape : {std::vector<int64_t>{1, 1, 576}, {3, 7, 2048}, {2, 5, 100}, {4, 8192}}) {
@@ -145,7 +147,7 @@ TEST(DecodeStepFusedCuda, ModelStepEqualsUnfused) {
   lo.dtype = at::kBFloat16;
   lo.device = at::Device(at::kCUDA);
   auto model = CausalLM::random(config, /*seed=*/3, lo);
-  at::NoGradGuard no_grad;
+  c10::InferenceMode inference;
   auto run = [&](bool fused) {
     ops::PackedLinear::set_enabled(fused);
     ops::set_fused_rms_norm(fused);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <limits>
 
@@ -88,16 +89,21 @@ TEST(PackedLinear, InPlaceWriteRebindAndDtypeChangeRebuild) {
   EXPECT_EQ(packed.builds(), 5);
 }
 
-TEST(PackedLinear, NotAppliedWhenAGradientIsNeeded) {
+TEST(PackedLinear, OnlyInInferenceModeWithoutGradients) {
   at::Tensor x = at::randn({2, 16}), w0 = at::randn({8, 16}), w1 = at::randn({4, 16});
+  EXPECT_FALSE(ops::PackedLinear::applies(x, {&w0, &w1})) << "outside InferenceMode (training, no_grad teachers)";
+  {
+    at::NoGradGuard no_grad;
+    EXPECT_FALSE(ops::PackedLinear::applies(x, {&w0, &w1})) << "a no_grad training context keeps the separate GEMMs";
+  }
+  c10::InferenceMode inference;
   EXPECT_TRUE(ops::PackedLinear::applies(x, {&w0, &w1}));
   w1.requires_grad_(true);
   EXPECT_FALSE(ops::PackedLinear::applies(x, {&w0, &w1})) << "training must reach w1's gradient";
   {
-    at::NoGradGuard no_grad;
     EXPECT_FALSE(ops::PackedLinear::applies(x, {&w0, &w1})) << "a model in training keeps no second copy";
     w1.requires_grad_(false);
-    EXPECT_TRUE(ops::PackedLinear::applies(x, {&w0, &w1})) << "a frozen model under no_grad packs";
+    EXPECT_TRUE(ops::PackedLinear::applies(x, {&w0, &w1})) << "a frozen model packs in inference";
     at::Tensor big = at::randn({ops::PackedLinear::kMaxRows + 1, 16});
     EXPECT_FALSE(ops::PackedLinear::applies(big, {&w0, &w1})) << "a prefill-sized input runs the separate GEMMs";
   }
