@@ -34,7 +34,7 @@ mode="${1:-}"; shift || true
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 W="${HYLO_TRAIN_WORK:-/tmp/hylo-smol}"   # the machine's disk, outside the carried tree
-DEV="${HYLO_TRAIN_DEVICE:-cuda}"         # cpu: a dry run of the driver on tiny models (see tests of this script)
+DEV="${HYLO_TRAIN_DEVICE:-cuda}"         # cpu: the dry run of the driver described above
 say() { printf '[train-smollm2 %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 build() {

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from tokenizer_oracles import train_byte_level_bpe
+
 HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
 VOCAB = 320
 CORPUS = (
@@ -36,16 +38,8 @@ def run(*args):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([CORPUS], trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
-    assert tok.token_to_id("<bos>") == 0 and tok.token_to_id("<eos>") == 1
+    tok = train_byte_level_bpe(CORPUS, VOCAB)
 
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+from tokenizer_oracles import train_byte_level_bpe
+
 HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
 VOCAB = 300
 
@@ -49,15 +51,8 @@ ITEMS = [
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([CORPUS], trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    tok = train_byte_level_bpe(CORPUS, VOCAB)
 
     root = tmp_path_factory.mktemp("eval_choices")
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -1,7 +1,7 @@
 """`hylo train` as a process: what a scheduler's SIGTERM (or Ctrl-C) does, and `--stage`.
 
-A tiny random Llama made by `transformers` (a byte-level BPE tokenizer with no merges: 256 ids, one per byte), a 1 MLA + 1 GDN hybrid of it by
-`hylo upcycle`, a dataset by `hylo data`, and a KD recipe long enough that the signal always lands mid-stage:
+A tiny random Llama made by `transformers` (with a byte-level BPE tokenizer trained on its text), a 1 MLA + 1 GDN
+hybrid of it by `hylo upcycle`, a dataset by `hylo data`, and a KD recipe long enough that the signal always lands mid-stage:
 SIGTERM ends the process with 143 after the step in flight, with a checkpoint at that step and no final
 checkpoint; `--resume` continues from that step. (That the resumed parameters equal an uninterrupted run's, bit for
 bit, is tests/cpp/train/resume_test.cpp's job, on the same trainer code.) `--stage` with a name the recipe lacks,
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tokenizer_oracles import train_byte_level_bpe
 
 HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # ctest runs tests side by side on 2 cores
@@ -38,20 +40,6 @@ gdn: {num_heads: 2, head_k_dim: 16, head_v_dim: 16, conv_size: 4}
 """
 
 
-def byte_level_alphabet():
-    """GPT-2's printable stand-ins for the 256 bytes, in byte order."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
-        list(range(ord("\xae"), ord("\xff") + 1))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
 def hylo(*args, check=True, timeout=600):
     r = subprocess.run([HYLO, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
     if check:
@@ -64,27 +52,21 @@ def run_inputs(tmp_path_factory):
     import transformers
 
     tmp = tmp_path_factory.mktemp("train-cli")
+    rng = random.Random(3)
+    words = ["whale", "sea", "ship", "Ahab", "white", "deep", "harpoon", "the", "and", "of"]
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(rng.randrange(10, 30))) for _ in range(60)) + "\n"
+    (tmp / "text.txt").write_text(text)
+    tok = train_byte_level_bpe(text, 300)
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                                    max_position_embeddings=256, tie_word_embeddings=True)
     teacher = tmp / "teacher"
     transformers.LlamaForCausalLM(cfg).save_pretrained(teacher, safe_serialization=True)
-    (teacher / "tokenizer.json").write_text(json.dumps({
-        "version": "1.0", "added_tokens": [], "normalizer": None,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "post_processor": None, "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                                            "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {ch: i for i, ch in enumerate(byte_level_alphabet())}, "merges": []}}))
+    (teacher / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
     (tmp / "plan.yaml").write_text(PLAN)
     hylo("upcycle", teacher, "--plan", tmp / "plan.yaml", "--out", tmp / "student", "--calibration-tokens", "0",
          "--no-progress")
-    rng = random.Random(3)
-    words = ["whale", "sea", "ship", "Ahab", "white", "deep", "harpoon", "the", "and", "of"]
-    paragraphs = [" ".join(rng.choice(words) for _ in range(rng.randrange(10, 30))) for _ in range(60)]
-    (tmp / "text.txt").write_text("\n\n".join(paragraphs) + "\n")
     hylo("data", "--tokenizer", teacher, "--out", tmp / "data", "--paragraphs", tmp / "text.txt",
          "--heldout-docs", "4", "--doc-end", "none", "--quiet")
     # 600 steps of 2 x 16 tokens: far more than the seconds before the signal.
@@ -112,18 +94,24 @@ def metrics_steps(path: Path):
     return steps
 
 
-def test_sigterm_checkpoints_the_step_and_resume_continues(run_inputs):
-    out = run_inputs / "run-sigterm"
-    p = subprocess.Popen([HYLO, "train", "--recipe", run_inputs / "recipe.yaml", "--out", out, "--quiet"],
+def sigterm_after_steps(run_inputs, out, steps, *extra):
+    """Starts `hylo train` on the recipe, sends SIGTERM once `steps` steps are logged; (exit status, stderr)."""
+    p = subprocess.Popen([HYLO, "train", *extra, "--recipe", run_inputs / "recipe.yaml", "--out", out, "--quiet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 300
-    while max(metrics_steps(out / "kd" / "metrics.jsonl"), default=0) < 3:
-        assert p.poll() is None, f"hylo train ended early ({p.returncode}):\n{p.stderr.read()}"
+    while max(metrics_steps(out / "kd" / "metrics.jsonl"), default=0) < steps:
+        assert p.poll() is None, f"hylo train {' '.join(extra)} ended early ({p.returncode}):\n{p.stderr.read()}"
         assert time.time() < deadline, "no training step logged within 300 s"
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
-    assert p.returncode == 128 + signal.SIGTERM, err
+    return p.returncode, err
+
+
+def test_sigterm_checkpoints_the_step_and_resume_continues(run_inputs):
+    out = run_inputs / "run-sigterm"
+    returncode, err = sigterm_after_steps(run_inputs, out, 3)
+    assert returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM with a checkpoint; continue with --resume" in err
     state = json.loads((out / "kd" / "train_state" / "state.json").read_text())
     logged = metrics_steps(out / "kd" / "metrics.jsonl")
@@ -142,16 +130,8 @@ def test_sigterm_to_the_nproc_launcher_stops_every_rank_in_order(run_inputs):
     """`hylo train --nproc 2` (two Gloo ranks): the launcher forwards the signal once, every rank checkpoints the
     same step (each its own ZeRO-1 optimizer file) and the launcher exits 143 without calling it a failure."""
     out = run_inputs / "run-nproc"
-    p = subprocess.Popen([HYLO, "train", "--nproc", "2", "--recipe", run_inputs / "recipe.yaml", "--out", out,
-                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 300
-    while max(metrics_steps(out / "kd" / "metrics.jsonl"), default=0) < 2:
-        assert p.poll() is None, f"hylo train --nproc 2 ended early ({p.returncode}):\n{p.stderr.read()}"
-        assert time.time() < deadline, "no training step logged within 300 s"
-        time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 128 + signal.SIGTERM, err
+    returncode, err = sigterm_after_steps(run_inputs, out, 2, "--nproc", "2")
+    assert returncode == 128 + signal.SIGTERM, err
     assert "every rank stopped at the same step with a checkpoint; continue with --resume" in err, err
     assert "error" not in err.lower(), err
     state_dir = out / "kd" / "train_state"

@@ -143,3 +143,19 @@ def train_spm_style_bpe(texts, out_dir, metaspace: bool, template: str):
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "chat_template": template,
          "tokenizer_class": "LlamaTokenizerFast"}))
     return tok
+
+
+def train_byte_level_bpe(corpus, vocab_size):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `corpus` (GPT-2's pre-tokenizer and decoder), with
+    <bos> = 0 and <eos> = 1 and BOS added by its post-processor: the tokenizer of the tiny oracle checkpoints."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([corpus], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    assert tok.token_to_id("<bos>") == 0 and tok.token_to_id("<eos>") == 1
+    return tok

@@ -4,6 +4,7 @@
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <exception>
@@ -145,8 +146,12 @@ void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::s
     cause = e.what();
     // c10 errors carry a C++ backtrace after the first line; the first line is the message.
     if (auto nl = cause.find('\n'); nl != std::string::npos) cause.resize(nl);
-    if (cause.find("timed out") != std::string::npos || cause.find("Timed out") != std::string::npos) {
-      cause += " (the timeout is " + std::to_string(timeout_.count() / 1000) + " s, HYLO_DIST_TIMEOUT_S)";
+    // Gloo words a timeout as "Timed out ...", "... timed out" or "Application timeout caused pair closure",
+    // depending on where the wait was.
+    std::string lower = cause;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower.find("timed out") != std::string::npos || lower.find("timeout") != std::string::npos) {
+      cause += " (timed out: the timeout is " + std::to_string(timeout_.count() / 1000) + " s, HYLO_DIST_TIMEOUT_S)";
     }
   }
   throw Error("rank " + std::to_string(rank_) + " of " + std::to_string(world_) + ": " + backend_name_ + " " +

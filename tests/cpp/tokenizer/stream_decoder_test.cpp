@@ -13,6 +13,7 @@
 #include "hylo/core/file_util.h"
 #include "hylo/io/tokenizer/tokenizer.h"
 #include "hylo/io/tokenizer/unicode.h"
+#include "tiny_spm_json.h"
 
 namespace hylo::tok {
 namespace {
@@ -131,23 +132,9 @@ TEST(StreamDecoderInvariant, SentencePieceGguf) {
   expect_stream_equals_decode(tok, interesting, 3000, 2);
 }
 
-// Llama-2 style decoder chain over a vocabulary with byte tokens and U+2581 pieces.
-constexpr const char* kSpmJson = R"({
-  "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
-                 {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
-  "pre_tokenizer": null,
-  "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
-              {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-  "added_tokens": [{"id": 12, "content": "<s>", "special": true, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false}],
-  "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true,
-            "vocab": {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "\u2581a": 4, "<0xE2>": 5, "<0x82>": 6, "<0xAC>": 7,
-                      "<0xFF>": 8, "<0xEF>": 9, "<0xBF>": 10, "<0xBD>": 11},
-            "merges": ["\u2581 a"]}
-})";
-
-// A decoder chain in a tokenizer.json with the same vocabulary (ids 0..12 as above).
+// A decoder chain in kTinySpmJson's place (the same vocabulary, ids 0..12).
 std::string with_decoder(const std::string& decoder) {
-  std::string json = kSpmJson;
+  std::string json = kTinySpmJson;
   const auto b = json.find("\"decoder\""), e = json.find("\n  \"added_tokens\"");
   return json.substr(0, b) + "\"decoder\": " + decoder + "," + json.substr(e);
 }
@@ -222,7 +209,7 @@ TEST(StreamDecoderBounds, ByteLevelInvalidRunIsEmittedAtOnce) {
 }
 
 TEST(StreamDecoderBounds, ByteFallbackInvalidRunIsEmittedAtOnce) {
-  auto tok = Tokenizer::from_json_string(kSpmJson).value_or_throw();
+  auto tok = Tokenizer::from_json_string(kTinySpmJson).value_or_throw();
   StreamDecoder sd(tok, false);
   std::vector<int32_t> ids;
   std::string streamed;
@@ -262,7 +249,7 @@ TEST(StreamDecoderBounds, ByteLevelHoldsOnlyAnUnfinishedCharacter) {
 // With a byte-fallback decoder a run of byte tokens is text only if all of it is valid UTF-8, so a valid run is
 // held to its end: "€" followed by a stray byte in the same run is four U+FFFD, as decode() says.
 TEST(StreamDecoderBounds, ByteFallbackRunIsDecidedAsAWhole) {
-  auto tok = Tokenizer::from_json_string(kSpmJson).value_or_throw();
+  auto tok = Tokenizer::from_json_string(kTinySpmJson).value_or_throw();
   const std::vector<int32_t> euro_then_a{4, 5, 6, 7, 2}, euro_then_ff{4, 5, 6, 7, 8, 2};
   EXPECT_EQ(tok.decode(euro_then_a, false), "a\xE2\x82\xAC" "a");
   EXPECT_EQ(tok.decode(euro_then_ff, false), "a" + kFffd + kFffd + kFffd + kFffd + "a");

@@ -10,6 +10,7 @@
 #include "hylo/io/tokenizer/components.h"
 #include "hylo/io/tokenizer/tokenizer.h"
 #include "hylo/io/tokenizer/unicode.h"
+#include "tiny_spm_json.h"
 
 namespace hylo::tok {
 namespace {
@@ -181,20 +182,9 @@ TEST(StreamDecoder, EmitsOnlyCompleteCharacters) {
   EXPECT_EQ(streamed, text);
 }
 
-// Llama-2 style: Prepend/Replace normalizer, byte fallback, Replace/ByteFallback/Fuse/Strip decoder.
-constexpr const char* kSpmJson = R"({
-  "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
-                 {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
-  "pre_tokenizer": null,
-  "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
-              {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-  "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true,
-            "vocab": {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "\u2581a": 4, "<0xE2>": 5, "<0x82>": 6, "<0xAC>": 7},
-            "merges": ["\u2581 a"]}
-})";
 
 TEST(SentencePieceStyle, ByteFallbackAndStreaming) {
-  auto tok = Tokenizer::from_json_string(kSpmJson).value_or_throw();
+  auto tok = Tokenizer::from_json_string(kTinySpmJson).value_or_throw();
   // "a b\u20ACa": ▁a ▁ b <0xE2> <0x82> <0xAC> a ; "z" has no piece and no byte token -> <unk>
   EXPECT_EQ(tok.encode("a b\xE2\x82\xAC" "a"), (std::vector<int32_t>{4, 1, 3, 5, 6, 7, 2}));
   EXPECT_EQ(tok.encode("zz a"), (std::vector<int32_t>{1, 0, 4}));

@@ -152,16 +152,21 @@ const EngineCase kEngineCases[] = {
     {5, 0.8, 1.0, 0, 3, 1.3},     // repetition penalty
 };
 
+// The sampling settings and batch of a case, on top of `o`.
+TeacherSampleOptions with_case(TeacherSampleOptions o, const EngineCase& c) {
+  o.sampling.temperature = c.temperature;
+  o.sampling.top_p = c.top_p;
+  o.sampling.top_k = c.top_k;
+  o.sampling.repetition_penalty = c.repetition_penalty;
+  o.batch = c.batch;
+  return o;
+}
+
 TEST_F(TeacherSamples, EngineGivesTheReferenceTokensOfEverySample) {
   for (const EngineCase& c : kEngineCases) {
-    TeacherSampleOptions o = options(c.seed);
+    TeacherSampleOptions o = with_case(options(c.seed), c);
     o.num_samples = 7;        // a partial last group: prompts of different lengths run side by side
     o.max_new_tokens = 10;
-    o.sampling.temperature = c.temperature;
-    o.sampling.top_p = c.top_p;
-    o.sampling.top_k = c.top_k;
-    o.sampling.repetition_penalty = c.repetition_penalty;
-    o.batch = c.batch;
     int64_t eos_stops = 0;
     const auto expected = reference_tokens(*model_, *tok_, conv_, corpus_, o, &eos_stops);
     GenerationStats st;
@@ -200,16 +205,11 @@ TEST_F(TeacherSamples, HybridEngineSamplesEndAtEosAsTheReferenceDoes) {
   int64_t total_eos = 0, total_length = 0, tight_preemptions = 0;
   for (const engine::EngineOptions& eo : {paged, tight}) {
     for (const EngineCase& c : kEngineCases) {
-      TeacherSampleOptions o = options(c.seed);
+      TeacherSampleOptions o = with_case(options(c.seed), c);
       o.num_samples = 9;
       o.max_new_tokens = 14;
       o.min_prompt_tokens = 3;
       o.max_prompt_tokens = 12;
-      o.sampling.temperature = c.temperature;
-      o.sampling.top_p = c.top_p;
-      o.sampling.top_k = c.top_k;
-      o.sampling.repetition_penalty = c.repetition_penalty;
-      o.batch = c.batch;
       o.engine = eo;
       int64_t eos_stops = 0;
       const auto expected = reference_tokens(*model, *tok_, conv_, corpus, o, &eos_stops);

@@ -212,7 +212,8 @@ void check_peer_failure(const std::string& mode) {
     EXPECT_LT(seconds, 20.0);
   } else {
     // Rank 0 timed out first; the launcher then stopped the hung rank 1.
-    // Gloo says "Operation timed out!" or "Timed out waiting ..." depending on where the wait was.
+    // Gloo says "Operation timed out!", "Timed out waiting ..." or "Application timeout caused pair closure"
+    // depending on where the wait was; ProcessGroup::wait marks each as timed out.
     std::string lower = err;
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     EXPECT_NE(lower.find("timed out"), std::string::npos) << err;
