@@ -3,6 +3,8 @@
 // prints one line per figure, `key value...`, which bench/gdn_kernels_bench.py reads next to fla's times.
 //   ceiling gemm_tflops X | ceiling copy_tbps X
 //   chunk H Dk Dv T ms X err_vs_aten X        (batch 1, bf16 q/k/v, fp32 g/beta, initial and final state)
+//   fwdbwd B H Dk Dv T ms X                    (chunk forward + backward, every input's gradient, from d o and
+//                                               d final_state; the training step's share of the rule)
 //   step B H Dk Dv us X                        (one decode token, fp32 state; CUDA-graph replay of 100 steps)
 //   conv B T C K us X                          (causal conv1d + SiLU, bf16)
 // Inputs are random (never zeros), the L2 norm of q/k is 1 as the layer feeds them, timings are medians of CUDA
@@ -85,6 +87,12 @@ int main(int argc, char** argv) {
         for (int i = 0; i < 2; ++i)
           (void)hylo::kernels::gated_delta_chunk_cuda(in.q, in.k, in.v, in.g, in.beta, 0.1, in.state, P);
       }
+      const at::Tensor d_o = at::randn(in.v.sizes(), in.v.options());
+      for (int P : {0, 1}) {
+        for (int i = 0; i < 2; ++i)
+          (void)hylo::kernels::gated_delta_chunk_backward_cuda(in.q, in.k, in.v, in.g, in.beta, 0.1, in.state, d_o,
+                                                               in.state, P);
+      }
     }
     return 0;
   }
@@ -121,6 +129,24 @@ int main(int argc, char** argv) {
       std::printf("chunk_segments %ld %ld %ld %ld P %d ms %.4f\n", long(H), long(Dk), long(Dv), long(T), P, pms);
     }
     std::fflush(stdout);
+  }
+
+  // Forward + backward at the training shapes: 8 sequences of 2K tokens and one of 64K.
+  for (auto [B, Tt] : std::vector<std::pair<int64_t, int64_t>>{{8, 2048}, {1, quick ? 8192 : 65536}}) {
+    for (auto [H, Dk, Dv] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{3, 128, 256}, {6, 256, 512}}) {
+      Inputs in = make_inputs(B, Tt, H, Dk, Dv);
+      const double scale = 1.0 / std::sqrt(double(Dk));
+      const at::Tensor d_o = at::randn(in.v.sizes(), in.v.options());
+      const at::Tensor d_final = at::randn(in.state.sizes(), in.state.options());
+      const double ms = median_ms([&] {
+        const hylo::GatedDeltaOutput o = hylo::kernels::gated_delta_chunk_cuda(in.q, in.k, in.v, in.g, in.beta,
+                                                                               scale, in.state);
+        (void)hylo::kernels::gated_delta_chunk_backward_cuda(in.q, in.k, in.v, in.g, in.beta, scale, in.state,
+                                                             d_o, d_final);
+      }, 2, 7);
+      std::printf("fwdbwd %ld %ld %ld %ld %ld ms %.4f\n", long(B), long(H), long(Dk), long(Dv), long(Tt), ms);
+      std::fflush(stdout);
+    }
   }
 
   for (int64_t B : {1, 64}) {

@@ -61,7 +61,7 @@ def main():
     # Per-stage times of the chunk kernel (the launcher prints them when HYLO_GDN_STAGE_TIMES is set).
     env = dict(os.environ, HYLO_GDN_STAGE_TIMES="1")
     st = subprocess.run([args.ours, "--stages"], capture_output=True, text=True, env=env)
-    print("".join(l + "\n" for l in st.stderr.splitlines() if l.startswith("gdn_stages")), end="")
+    print("".join(l + "\n" for l in st.stderr.splitlines() if l.startswith(("gdn_stages", "gdn_bwd_stages"))), end="")
     res = subprocess.run([args.ours] + (["--quick"] if args.quick else []), capture_output=True, text=True)
     print(res.stdout, end="")
     if res.returncode != 0:
@@ -74,6 +74,8 @@ def main():
             ours[f[1]] = float(f[2])
         elif f[0] == "chunk":
             ours[("chunk", int(f[1]), int(f[2]), int(f[3]), int(f[4]))] = float(f[6])
+        elif f[0] == "fwdbwd":
+            ours[("fwdbwd", int(f[1]), int(f[2]), int(f[3]), int(f[4]), int(f[5]))] = float(f[7])
         elif f[0] == "step":
             ours[("step", int(f[1]), int(f[2]), int(f[3]), int(f[4]))] = float(f[6])
 
@@ -98,6 +100,29 @@ def main():
         tflops = chunk_flops(T, H, Dk, Dv) / (ms * 1e-3) / 1e12
         rows.append((f"chunk fwd B1 T{T} H{H} K{Dk} V{Dv}", f"{ms:.3f} ms", f"{fla_ms:.3f} ms", fla_ms / ms,
                      f"{tflops:.1f} TFLOP/s = {100 * tflops / gemm:.1f}% of GEMM"))
+    # Forward + backward (training): every input's gradient from d o and d final_state, fla with the same inputs
+    # requiring grad (its h0 in its own [B, H, K, V] layout).
+    for B, Tt in [(8, 2048), (1, T)]:
+        for H, Dk, Dv in [(3, 128, 256), (6, 256, 512)]:
+            ms = ours.get(("fwdbwd", B, H, Dk, Dv, Tt), float("nan"))
+            fla_ms = float("nan")
+            if chunk_gated_delta_rule is not None:
+                xs = [x.requires_grad_() for x in inputs(B, Tt, H, Dk, Dv)]
+                q, k, v, g, beta, h0 = xs
+                do = torch.randn_like(v)
+                dht = torch.randn_like(h0)
+
+                def fwdbwd():
+                    o, ht = chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=Dk ** -0.5, initial_state=h0,
+                                                   output_final_state=True)
+                    torch.autograd.backward([o, ht], [do, dht])
+                    for x in xs:
+                        x.grad = None
+
+                fla_ms = median_ms(fwdbwd, 2, 7)
+            tflops = 3 * chunk_flops(Tt, H, Dk, Dv) * B / (ms * 1e-3) / 1e12  # backward ~ 2x the forward's work
+            rows.append((f"chunk fwd+bwd B{B} T{Tt} H{H} K{Dk} V{Dv}", f"{ms:.3f} ms", f"{fla_ms:.3f} ms",
+                         fla_ms / ms, f"~{tflops:.1f} TFLOP/s = {100 * tflops / gemm:.1f}% of GEMM"))
     for B in (1, 64):
         for H, Dk, Dv in [(3, 128, 256), (6, 256, 512)]:
             us = ours.get(("step", B, H, Dk, Dv), float("nan"))

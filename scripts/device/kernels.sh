@@ -13,6 +13,8 @@
 #   bash scripts/device/kernels.sh run [--no-bench]    THERE (device tool), from the carried folder: runs every
 #                                                     carried test binary, then bench/gdn_kernels_bench.py (our binary
 #                                                     + fla 0.6.0 from the carried wheels + ceilings); logs in $OUT.
+#                                      [--bench-only]  the benchmark alone (when tests and bench together would pass
+#                                                     the device tool's 10 minutes a command).
 # Example device call (from the lead's checkout, after `stage /work/main/.devwork/kernels`):
 #   run(command="cd .devwork/kernels && bash run.sh", carry=[".devwork/kernels"])
 # where run.sh is this script copied by `stage` (so the carried folder is self-contained).
@@ -112,6 +114,7 @@ run_there() {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$out/machine.txt"
   local rc=0 t
   for t in "$d"/test_*; do
+    [[ "${1:-}" == --bench-only ]] && break
     echo "== $(basename "$t")"
     "$t" --gtest_color=no >"$out/$(basename "$t").log" 2>&1 || rc=1
     grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED|tests ran" "$out/$(basename "$t").log"

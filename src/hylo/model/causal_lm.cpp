@@ -27,6 +27,7 @@ struct CausalLM::Block {
   std::unique_ptr<Mixer> mixer;
   at::Tensor gate_w, up_w, down_w;      // [F, D], [F, D], [D, F]
   at::Tensor gate_b, up_b, down_b;      // [F], [F], [D] or undefined (Llama mlp_bias)
+  ops::PackedLinear gate_up;            // packed [gate; up] for inference (ops/packed_linear.h)
 };
 
 int64_t ModelState::bytes() const {
@@ -146,10 +147,11 @@ at::Tensor CausalLM::forward_block_with(int64_t i, const at::Tensor& h, const Mi
   Block& b = *blocks_.at(static_cast<size_t>(i));
   const double eps = config_.rms_norm_eps;
   at::Tensor m = mix(*b.mixer, ops::rms_norm(h, b.input_norm, eps));  // [.., D]
-  at::Tensor r = h + m;
-  at::Tensor x = ops::rms_norm(r, b.post_norm, eps);
+  ops::AddRmsNorm post = ops::add_rms_norm(h, m, b.post_norm, eps);  // r = h + m, x = rms_norm(r): one kernel on CUDA
+  const at::Tensor& r = post.sum;                                     // [.., D]
+  const at::Tensor& x = post.normed;                                  // [.., D]
   if (mixer_out) *mixer_out = m;
-  return r + ops::swiglu_mlp(x, b.gate_w, b.up_w, b.down_w, b.gate_b, b.up_b, b.down_b);
+  return r + ops::swiglu_mlp(b.gate_up, x, b.gate_w, b.up_w, b.down_w, b.gate_b, b.up_b, b.down_b);
 }
 
 Mixer& CausalLM::mixer(int64_t i) { return *blocks_.at(static_cast<size_t>(i))->mixer; }

@@ -92,9 +92,10 @@ GatedDeltaOutput token_loop(const HeadMajor& in, double scale, at::ScalarType ou
 }
 
 #ifdef HYLO_HAVE_CUDA
-// The CUDA kernels have no backward: they run only when no input needs a gradient (inference, or under
-// NoGradGuard). Everything else -- CPU tensors, training, unsupported shapes or dtypes -- takes the ATen forms,
-// which run on the tensors' own device (never a silent copy to the CPU).
+// The step kernel has no backward: it runs only when no input needs a gradient (inference, or under NoGradGuard).
+// The chunk kernel has one: when a gradient is needed it runs as gated_delta_chunk_autograd. Everything else --
+// CPU tensors, unsupported shapes or dtypes, chunk sizes other than 64 -- takes the ATen forms, which run on the
+// tensors' own device (never a silent copy to the CPU).
 bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
   if (!at::GradMode::is_enabled()) return false;
   for (const at::Tensor* t : ts)
@@ -132,9 +133,10 @@ GatedDeltaOutput gated_delta_chunk(const at::Tensor& q, const at::Tensor& k, con
 #ifdef HYLO_HAVE_CUDA
   if (q.is_cuda() && chunk_size == 64) {  // the kernel's chunk; other sizes are the same function, left to ATen
     check_shapes("gated_delta_chunk", q, k, v, g, beta, initial_state);
-    if (kernels::gated_delta_chunk_cuda_supports(q, v, initial_state) &&
-        !needs_grad({&q, &k, &v, &g, &beta, &initial_state}))
-      return kernels::gated_delta_chunk_cuda(q, k, v, g, beta, scale, initial_state);
+    if (kernels::gated_delta_chunk_cuda_supports(q, v, initial_state))
+      return needs_grad({&q, &k, &v, &g, &beta, &initial_state})
+                 ? kernels::gated_delta_chunk_autograd(q, k, v, g, beta, scale, initial_state)
+                 : kernels::gated_delta_chunk_cuda(q, k, v, g, beta, scale, initial_state);
   }
 #endif
   HeadMajor in = prepare("gated_delta_chunk", q, k, v, g, beta, initial_state);

@@ -30,6 +30,7 @@
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
 #include "hylo/kernels/gated_delta/chunk_common.cuh"
+#include "hylo/kernels/gated_delta/chunk_forward.h"
 #include "hylo/kernels/gated_delta/gated_delta_cuda.h"
 
 namespace hylo::kernels {
@@ -49,6 +50,7 @@ struct PrepArgs {
   bf16* u;            // [BH, NC, C, Dv]
   float* gam;         // [BH, NC * C]   in-chunk cumulative log decay; padded tokens repeat the last value
   int64_t T, H, Dv, NC;
+  float* t_out;       // [BH, NC, C, C] T = (I + A)^-1 in fp32 for the backward, or null
 };
 
 template <int DK>
@@ -139,6 +141,10 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
     }
   }
   __syncthreads();
+  if (a.t_out) {
+    float* td = a.t_out + (bh * a.NC + n) * C * C;
+    for (int i = tid; i < C * C; i += kThreads) td[i] = tm[(i / C) * S::ldc32 + i % C];
+  }
   for (int i = tid; i < C * C; i += kThreads) {
     const int r = i / C, c = i % C;
     const float t = tm[r * S::ldc32 + c];
@@ -512,14 +518,26 @@ void set_smem(Kernel kernel, size_t bytes) {
 // Rows of S per state block: 64 where the shared memory allows it, else 32 (Dk 256).
 template <int DK> constexpr int state_rows() { return DK <= 128 ? 64 : 32; }
 
+// HYLO_GDN_STAGE_TIMES=1: print each stage's time to stderr (events between the launches; diagnosis only).
+bool stage_times() {
+  static const bool on = std::getenv("HYLO_GDN_STAGE_TIMES") != nullptr;
+  return on;
+}
+
+struct StatesAndSegments {
+  ChunkStates s;
+  int segments;  // P, for the stage-time line
+};
+
+// prep, the context-parallel pre-pass and scan, and the state walk: everything but the output pass. ev (stage
+// timing, or null) gets events after prep, after the pre-pass and after the states.
 template <int DK>
-GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                     const at::Tensor& beta, double scale, const at::Tensor& init, at::ScalarType out_type,
-                     int segments) {
+StatesAndSegments states(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+                         const at::Tensor& init, int segments, bool keep_t, cudaEvent_t* ev) {
   constexpr int BV = state_rows<DK>();
-  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dv = v.size(3), BH = B * H;
+  const int64_t B = k.size(0), T = k.size(1), H = k.size(2), Dv = v.size(3), BH = B * H;
   const int64_t NC = (T + C - 1) / C;
-  const auto f32 = q.options().dtype(at::kFloat), b16 = q.options().dtype(at::kBFloat16);
+  const auto f32 = k.options().dtype(at::kFloat), b16 = k.options().dtype(at::kBFloat16);
   const cudaStream_t stream = current_stream();
 
   at::Tensor w = at::empty({BH, NC, C, DK}, b16);     // [BH, NC, C, DK]
@@ -527,36 +545,21 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   at::Tensor gam = at::empty({BH, NC * C}, f32);      // [BH, NC*C]
   at::Tensor hs = at::empty({BH, NC, Dv, DK}, b16);   // [BH, NC, Dv, DK]
   at::Tensor vnew = at::empty({BH, NC, C, Dv}, b16);  // [BH, NC, C, Dv]
+  at::Tensor tm = keep_t ? at::empty({BH, NC, C, C}, f32) : at::Tensor();  // [BH, NC, C, C]
   at::Tensor final_state = empty_output({B, H, Dv, DK}, f32);
-  at::Tensor o = empty_output({B, T, H, Dv}, q.options().dtype(out_type));
-
-  // HYLO_GDN_STAGE_TIMES=1: print each stage's time to stderr (events between the launches; diagnosis only).
-  static const bool stage_times = std::getenv("HYLO_GDN_STAGE_TIMES") != nullptr;
-  cudaEvent_t ev[5];
-  if (stage_times)
-    for (auto& e : ev) cudaEventCreate(&e), cudaEventRecord(e, stream);
   {
     set_smem(prep_kernel<DK>, PrepSmem<DK>::bytes(512));
     PrepArgs pa{reinterpret_cast<const bf16*>(k.data_ptr()), reinterpret_cast<const bf16*>(v.data_ptr()),
                 g.data_ptr<float>(), beta.data_ptr<float>(), reinterpret_cast<bf16*>(w.data_ptr()),
-                reinterpret_cast<bf16*>(u.data_ptr()), gam.data_ptr<float>(), T, H, Dv, NC};
+                reinterpret_cast<bf16*>(u.data_ptr()), gam.data_ptr<float>(), T, H, Dv, NC,
+                keep_t ? tm.data_ptr<float>() : nullptr};
     prep_kernel<DK><<<dim3(unsigned(NC), unsigned(BH)), kThreads, PrepSmem<DK>::bytes(Dv), stream>>>(pa);
     check_launch("gated_delta_chunk_cuda prep");
   }
-  if (stage_times) cudaEventRecord(ev[1], stream);
+  if (ev) cudaEventRecord(ev[1], stream);
 
-  // Segments: enough blocks in the main state pass to cover the GPU twice, at least 4 chunks a segment; the
-  // extra M/N pass costs about (2 + DK/Dv) times the serial work, so it is used only when P >= 4.
-  int P = segments;
-  if (P <= 0) {
-    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    const int64_t blocks = BH * (Dv / BV);
-    P = static_cast<int>(std::min<int64_t>(NC / 4, (2 * sms + blocks - 1) / blocks));
-    if (P < 4) P = 1;
-  }
-  P = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, NC)));
+  const int P = choose_segments(NC, BH * (Dv / BV), segments);
   const int64_t cps = (NC + P - 1) / P;
-  P = static_cast<int>((NC + cps - 1) / cps);
 
   set_smem(state_kernel<DK, BV>, StateSmem<DK, BV>::bytes);
   const bf16* kp = reinterpret_cast<const bf16*>(k.data_ptr());
@@ -572,13 +575,9 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     state_kernel<DK, BV><<<dim3(unsigned(n_blocks + m_blocks), unsigned(P), unsigned(BH)), kThreads,
                            StateSmem<DK, BV>::bytes, stream>>>(pre);
     check_launch("gated_delta_chunk_cuda segment M, N");
-    starts = at::empty({BH, P, Dv, DK}, f32);
-    scan_kernel<DK><<<dim3(unsigned(Dv / kScanRows), unsigned(BH)), kThreads, 0, stream>>>(
-        init.defined() ? init.data_ptr<float>() : nullptr, mm.data_ptr<float>(), nn.data_ptr<float>(),
-        starts.data_ptr<float>(), Dv, P);
-    check_launch("gated_delta_chunk_cuda scan");
+    starts = segment_scan(init, mm, nn);
   }
-  if (stage_times) cudaEventRecord(ev[2], stream);
+  if (ev) cudaEventRecord(ev[2], stream);
   StateArgs main{kp, wp, up, gam.data_ptr<float>(),
                  P > 1 ? starts.data_ptr<float>() : (init.defined() ? init.data_ptr<float>() : nullptr),
                  final_state.data_ptr<float>(), nullptr, reinterpret_cast<bf16*>(hs.data_ptr()),
@@ -587,7 +586,26 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   state_kernel<DK, BV><<<dim3(unsigned(n_blocks), unsigned(P), unsigned(BH)), kThreads, StateSmem<DK, BV>::bytes,
                          stream>>>(main);
   check_launch("gated_delta_chunk_cuda states");
-  if (stage_times) cudaEventRecord(ev[3], stream);
+  if (ev) cudaEventRecord(ev[3], stream);
+  return {{w, u, gam, hs, vnew, tm, final_state}, P};
+}
+
+template <int DK>
+GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                     const at::Tensor& beta, double scale, const at::Tensor& init, at::ScalarType out_type,
+                     int segments) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dv = v.size(3), BH = B * H;
+  const cudaStream_t stream = current_stream();
+  at::Tensor o = empty_output({B, T, H, Dv}, q.options().dtype(out_type));
+  const bool timed = stage_times();
+  cudaEvent_t ev[5];
+  if (timed)
+    for (auto& e : ev) cudaEventCreate(&e), cudaEventRecord(e, stream);
+  const StatesAndSegments st = states<DK>(k, v, g, beta, init, segments, false, timed ? ev : nullptr);
+  const int64_t NC = st.s.gam.size(1) / C;
+  const bf16* kp = reinterpret_cast<const bf16*>(k.data_ptr());
+  const at::Tensor &hs = st.s.h, &vnew = st.s.vnew, &gam = st.s.gam;
+  const int P = st.segments;
 
   set_smem(output_kernel<DK>, OutSmem<DK>::bytes);
   OutArgs oa{reinterpret_cast<const bf16*>(q.data_ptr()), kp, reinterpret_cast<const bf16*>(hs.data_ptr()),
@@ -596,7 +614,7 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   output_kernel<DK><<<dim3(unsigned(NC), unsigned(Dv / kOutTile), unsigned(BH)), kThreads, OutSmem<DK>::bytes,
                       stream>>>(oa);
   check_launch("gated_delta_chunk_cuda output");
-  if (stage_times) {
+  if (timed) {
     cudaEventRecord(ev[4], stream);
     cudaEventSynchronize(ev[4]);
     float t[4];
@@ -605,7 +623,7 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                  "states %.3f ms, output %.3f ms\n", long(T), long(H), DK, long(Dv), P, t[0], t[1], t[2], t[3]);
     for (auto& e : ev) cudaEventDestroy(e);
   }
-  return {o, final_state};
+  return {o, st.s.final_state};
 }
 
 bool float_dtype(const at::Tensor& t) {
@@ -613,6 +631,50 @@ bool float_dtype(const at::Tensor& t) {
 }
 
 }  // namespace
+
+int choose_segments(int64_t NC, int64_t blocks, int requested) {
+  // Enough blocks in the main pass to cover the GPU twice, at least 4 chunks a segment; the extra M/N pass costs
+  // about (2 + DK/Dv) times the serial work, so it is used only when P >= 4.
+  int P = requested;
+  if (P <= 0) {
+    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    P = static_cast<int>(std::min<int64_t>(NC / 4, (2 * sms + blocks - 1) / blocks));
+    if (P < 4) P = 1;
+  }
+  P = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, NC)));
+  const int64_t cps = (NC + P - 1) / P;
+  return static_cast<int>((NC + cps - 1) / cps);
+}
+
+at::Tensor segment_scan(const at::Tensor& init, const at::Tensor& m, const at::Tensor& nn) {
+  const int64_t BH = nn.size(0), P = nn.size(1), Dv = nn.size(2), Dk = nn.size(3);
+  at::Tensor starts = at::empty({BH, P, Dv, Dk}, nn.options());  // [BH, P, Dv, Dk]
+  const float* ip = init.defined() ? init.data_ptr<float>() : nullptr;
+  const dim3 grid(unsigned(Dv / kScanRows), unsigned(BH));
+  const cudaStream_t stream = current_stream();
+  switch (Dk) {
+    case 64: scan_kernel<64><<<grid, kThreads, 0, stream>>>(ip, m.data_ptr<float>(), nn.data_ptr<float>(),
+                                                             starts.data_ptr<float>(), Dv, int(P)); break;
+    case 128: scan_kernel<128><<<grid, kThreads, 0, stream>>>(ip, m.data_ptr<float>(), nn.data_ptr<float>(),
+                                                               starts.data_ptr<float>(), Dv, int(P)); break;
+    case 256: scan_kernel<256><<<grid, kThreads, 0, stream>>>(ip, m.data_ptr<float>(), nn.data_ptr<float>(),
+                                                               starts.data_ptr<float>(), Dv, int(P)); break;
+    default: throw Error("gated_delta_chunk_cuda scan: Dk " + std::to_string(Dk) + " unsupported");
+  }
+  check_launch("gated_delta_chunk_cuda scan");
+  return starts;
+}
+
+ChunkStates chunk_states(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+                         const at::Tensor& init, int segments, bool keep_t) {
+  switch (k.size(3)) {
+    case 64: return states<64>(k, v, g, beta, init, segments, keep_t, nullptr).s;
+    case 128: return states<128>(k, v, g, beta, init, segments, keep_t, nullptr).s;
+    case 256: return states<256>(k, v, g, beta, init, segments, keep_t, nullptr).s;
+    default: throw Error("gated_delta_chunk_cuda: Dk " + std::to_string(k.size(3)) + " unsupported (64, 128, 256)");
+  }
+}
+
 }  // namespace gdn
 
 bool gated_delta_chunk_cuda_supports(const at::Tensor& q, const at::Tensor& v, const at::Tensor& initial_state) {

@@ -1,6 +1,7 @@
 // CUDA forms of the gated delta rule (ops/gated_delta.h), same contract and shapes as the ATen forms, which
 // stay the CPU path and the test oracle. ops/gated_delta.cpp routes CUDA tensors here when the shape is
-// supported and no gradient is needed (these kernels have no backward yet; training keeps the ATen chunk form).
+// supported: the step and the chunk forward when no gradient is needed, and the chunk form with its backward
+// (gated_delta_chunk_autograd) when one is.
 //
 //   gated_delta_step_cuda   token-by-token (decode): one pass over the fp32 state per token, the state held in
 //                           registers across the tokens of one call. Any T (meant for T = 1 or a few).
@@ -28,5 +29,26 @@ bool gated_delta_chunk_cuda_supports(const at::Tensor& q, const at::Tensor& v, c
 GatedDeltaOutput gated_delta_chunk_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         const at::Tensor& g, const at::Tensor& beta, double scale,
                                         const at::Tensor& initial_state, int segments = 0);
+
+// Gradients of gated_delta_chunk_cuda's outputs, each in its input's dtype (d_initial_state fp32, undefined when
+// there is no initial state).
+struct GatedDeltaGrads {
+  at::Tensor dq, dk, dv, dg, dbeta, d_initial_state;
+};
+// The chunked backward: given the forward's inputs and the upstream gradients d_o [B, T, H, Dv] (any float dtype)
+// and d_final_state [B, H, Dv, Dk] (or undefined = 0), recomputes the forward's per-chunk intermediates and returns
+// every input's gradient. Same supported set as gated_delta_chunk_cuda; segments as its (the recompute and the
+// reverse state walk are both split along the sequence).
+GatedDeltaGrads gated_delta_chunk_backward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& g, const at::Tensor& beta, double scale,
+                                                const at::Tensor& initial_state, const at::Tensor& d_o,
+                                                const at::Tensor& d_final_state, int segments = 0);
+
+// gated_delta_chunk_cuda as a differentiable op (torch::autograd::Function: forward the chunk kernel, backward
+// gated_delta_chunk_backward_cuda). Inputs as gated_delta_chunk_cuda's; gradients flow to q, k, v, g, beta and
+// initial_state (where they require them) from both o and final_state.
+GatedDeltaOutput gated_delta_chunk_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            const at::Tensor& g, const at::Tensor& beta, double scale,
+                                            const at::Tensor& initial_state);
 
 }  // namespace hylo::kernels

@@ -35,6 +35,7 @@ constexpr int kConv = 4;  // conv width K (both plans); the state keeps K-1 inpu
 
 struct FusedArgs {
   const bf16 *q, *k, *v, *a, *b, *gate;  // [B, H*Dk] x2, [B, H*Dv], [B, H] x2, [B, H*Dv] or null
+  int64_t ldq, ldk, ldv, lda, ldb, ldg;  // their row strides (elements): views of one packed projection output
   const void *wq, *wk, *wv;              // [C, K] conv weights
   const void *a_log, *dt_bias, *norm_w;  // [H], [H], [Dv]
   ElemType tw, ta_log, tdt, tnw;
@@ -98,15 +99,15 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) gdn
   const int64_t qk_c = h * Dk + tid;  // channel in [0, H*Dk)
   if (tid < Dk) {
     const int64_t st_off = (srow * H * Dk + qk_c) * (kConv - 1);
-    qv = conv_channel(p.cq + st_off, p.q[b * H * Dk + qk_c], p.wq, p.tw, qk_c, q_next);
-    kv = conv_channel(p.ck + st_off, p.k[b * H * Dk + qk_c], p.wk, p.tw, qk_c, k_next);
+    qv = conv_channel(p.cq + st_off, p.q[b * p.ldq + qk_c], p.wq, p.tw, qk_c, q_next);
+    kv = conv_channel(p.ck + st_off, p.k[b * p.ldk + qk_c], p.wk, p.tw, qk_c, k_next);
   }
   // 2. v of this block's rows: conv + SiLU; each v channel belongs to one block, which updates its state now.
   if (tid < R) {
     const int64_t c = h * Dv + rank * R + tid;  // channel in [0, H*Dv)
     bf16* st = p.cv + (srow * H * Dv + c) * (kConv - 1);
     bf16 v_next[kConv - 1];
-    vs[tid] = conv_channel(st, p.v[b * H * Dv + c], p.wv, p.tw, c, v_next);
+    vs[tid] = conv_channel(st, p.v[b * p.ldv + c], p.wv, p.tw, c, v_next);
     if (valid) {
 #pragma unroll
       for (int i = 0; i < kConv - 1; ++i) st[i] = v_next[i];
@@ -125,11 +126,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) gdn
     ks[tid] = kv * rsqrtf(sk + 1e-6f);
   }
   // 3. The gates of (b, h), in fp32.
-  const float xa = __bfloat162float(p.a[b * H + h]) + load_as_float(p.dt_bias, h, p.tdt);
+  const float xa = __bfloat162float(p.a[b * p.lda + h]) + load_as_float(p.dt_bias, h, p.tdt);
   const float softplus = xa > 20.0f ? xa : log1pf(expf(xa));  // torch's softplus (threshold 20)
   const float g = -expf(load_as_float(p.a_log, h, p.ta_log)) * softplus;
   const float alpha = __expf(g);
-  const float beta = 1.0f / (1.0f + expf(-__bfloat162float(p.b[b * H + h])));
+  const float beta = 1.0f / (1.0f + expf(-__bfloat162float(p.b[b * p.ldb + h])));
   __syncthreads();
 
   // 4. The delta-rule step on this warp's rows, the state read once and written once.
@@ -187,7 +188,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) gdn
   if (tid < R) {
     const int64_t row = rank * R + tid, c = h * Dv + row;
     float y = os[tid] * rstd * load_as_float(p.norm_w, row, p.tnw);
-    if (p.gate) y *= silu(__bfloat162float(p.gate[b * H * Dv + c]));
+    if (p.gate) y *= silu(__bfloat162float(p.gate[b * p.ldg + c]));
     p.out[b * H * Dv + c] = __float2bfloat16(valid ? y : NAN);
   }
   if (rank == 0 && valid && tid < Dk) {
@@ -199,6 +200,25 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) gdn
 }
 
 std::string shape_of(const at::Tensor& t) { return t.defined() ? std::string(c10::str(t.sizes())) : "undefined"; }
+
+// A [B, N] input whose rows may be strided (a column view of the packed projection output): unit column stride,
+// row stride >= N (a single row may have any row stride).
+bool rows_ok(const at::Tensor& t) {
+  return t.dim() == 2 && t.stride(1) == 1 && (t.size(0) <= 1 || t.stride(0) >= t.size(1));
+}
+
+void expect_rows(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::Tensor& x) {
+  if (!t.defined() || !t.sizes().equals(shape) || t.scalar_type() != at::kBFloat16 || !rows_ok(t) ||
+      t.device() != x.device())
+    throw Error(std::string("gdn_decode_fused_cuda: ") + name + " must be a bf16 tensor " + c10::str(shape) +
+                " with unit column stride and row stride >= its width on " + x.device().str() + ", got " +
+                shape_of(t) +
+                (t.defined() ? std::string(" ") + c10::toString(t.scalar_type()) + " on " + t.device().str() +
+                                   " strides " + c10::str(t.strides())
+                             : ""));
+}
+
+int64_t row_stride(const at::Tensor& t) { return t.size(0) <= 1 ? t.size(1) : t.stride(0); }
 
 void expect(const at::Tensor& t, const char* name, at::IntArrayRef shape, at::ScalarType dtype, const at::Tensor& x) {
   if (!t.defined() || !t.sizes().equals(shape) || t.scalar_type() != dtype || !t.is_contiguous() ||
@@ -235,12 +255,12 @@ at::Tensor gdn_decode_fused_cuda(const at::Tensor& q, const at::Tensor& k, const
                 ", Dv " + std::to_string(Dv) + ", q " + c10::toString(q.scalar_type()) +
                 "); needs Dk in {128, 256}, Dv in {128, 256, 512}, conv 4, bf16 on CUDA, contiguous pools");
   const at::ScalarType bf = at::kBFloat16;
-  expect(q, "q", {B, H * Dk}, bf, q);
-  expect(k, "k", {B, H * Dk}, bf, q);
-  expect(v, "v", {B, H * Dv}, bf, q);
-  expect(a, "a", {B, H}, bf, q);
-  expect(b, "b", {B, H}, bf, q);
-  if (gate.defined()) expect(gate, "gate", {B, H * Dv}, bf, q);
+  expect_rows(q, "q", {B, H * Dk}, q);
+  expect_rows(k, "k", {B, H * Dk}, q);
+  expect_rows(v, "v", {B, H * Dv}, q);
+  expect_rows(a, "a", {B, H}, q);
+  expect_rows(b, "b", {B, H}, q);
+  if (gate.defined()) expect_rows(gate, "gate", {B, H * Dv}, q);
   expect(pools.conv_q, "conv_q pool", {S, H * Dk, kConv - 1}, bf, q);
   expect(pools.conv_k, "conv_k pool", {S, H * Dk, kConv - 1}, bf, q);
   expect(pools.conv_v, "conv_v pool", {S, H * Dv, kConv - 1}, bf, q);
@@ -266,6 +286,8 @@ at::Tensor gdn_decode_fused_cuda(const at::Tensor& q, const at::Tensor& k, const
   at::Tensor out = empty_output({B, H * Dv}, q.options());  // [B, H*Dv]
   auto bp = [](const at::Tensor& t) { return t.defined() ? static_cast<const bf16*>(t.data_ptr()) : nullptr; };
   p.q = bp(q), p.k = bp(k), p.v = bp(v), p.a = bp(a), p.b = bp(b), p.gate = bp(gate);
+  p.ldq = row_stride(q), p.ldk = row_stride(k), p.ldv = row_stride(v), p.lda = row_stride(a), p.ldb = row_stride(b);
+  p.ldg = gate.defined() ? row_stride(gate) : 0;
   p.wq = prm.q_conv.data_ptr(), p.wk = prm.k_conv.data_ptr(), p.wv = prm.v_conv.data_ptr();
   p.a_log = prm.a_log.data_ptr(), p.dt_bias = prm.dt_bias.data_ptr(), p.norm_w = prm.norm_w.data_ptr();
   p.cq = static_cast<bf16*>(pools.conv_q.data_ptr());

@@ -35,7 +35,8 @@ struct GdnDecodePools {
 bool gdn_decode_fused_supported(const at::Tensor& x, int64_t H, int64_t Dk, int64_t Dv, int64_t K,
                                 const GdnDecodePools& pools);
 
-// q, k: [B, H*Dk], v: [B, H*Dv], a, b: [B, H], gate: [B, H*Dv] or undefined (no gate); all bf16, contiguous.
+// q, k: [B, H*Dk], v: [B, H*Dv], a, b: [B, H], gate: [B, H*Dv] or undefined (no gate); all bf16 with unit column
+// stride; rows may be strided (column views of one packed projection output [B, 2*H*Dk + 2*H*Dv + 2*H]).
 // slots: [B] int64 on the device, or undefined (row b uses pool row b). Returns [B, H*Dv] bf16 (the o_proj input).
 // Throws hylo::Error naming the argument when a shape or dtype is off.
 at::Tensor gdn_decode_fused_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,

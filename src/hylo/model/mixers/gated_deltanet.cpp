@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "hylo/core/result.h"
 #include "hylo/ops/causal_conv1d.h"
@@ -129,6 +130,26 @@ std::unique_ptr<MixerState> GatedDeltaNetMixer::new_state(int64_t batch, int64_t
   return st;
 }
 
+GatedDeltaNetMixer::Projections GatedDeltaNetMixer::project(const at::Tensor& x) {
+  const std::vector<const at::Tensor*> ws = spec_.use_gate
+                                                ? std::vector<const at::Tensor*>{&q_w_, &k_w_, &v_w_, &a_w_, &b_w_, &g_w_}
+                                                : std::vector<const at::Tensor*>{&q_w_, &k_w_, &v_w_, &a_w_, &b_w_};
+  Projections p;
+  if (ops::PackedLinear::applies(x, ws)) {
+    std::vector<at::Tensor> y = in_proj_(x, ws);  // views of one [.., sum] GEMM output
+    p.q = y[0], p.k = y[1], p.v = y[2], p.a = y[3], p.b = y[4];
+    if (spec_.use_gate) p.g = y[5];
+    return p;
+  }
+  p.q = at::linear(x, q_w_);
+  p.k = at::linear(x, k_w_);
+  p.v = at::linear(x, v_w_);
+  p.a = at::linear(x, a_w_);
+  p.b = at::linear(x, b_w_);
+  if (spec_.use_gate) p.g = at::linear(x, g_w_);
+  return p;
+}
+
 at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*positions*/, MixerState* state) {
   const GdnSpec& s = spec_;
   if (x.dim() != 3 || x.size(2) != hidden_)
@@ -148,9 +169,10 @@ at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*
     if (y.defined()) return y;
   }
 
-  at::Tensor q = at::linear(x, q_w_);  // [B, T, H*Dk]
-  at::Tensor k = at::linear(x, k_w_);  // [B, T, H*Dk]
-  at::Tensor v = at::linear(x, v_w_);  // [B, T, H*Dv]
+  Projections pr = project(x);
+  at::Tensor q = pr.q;                 // [B, T, H*Dk]
+  at::Tensor k = pr.k;                 // [B, T, H*Dk]
+  at::Tensor v = pr.v;                 // [B, T, H*Dv]
   at::Tensor new_cq, new_ck, new_cv;   // [B, C, K-1] each
   if (s.use_short_conv) {
     const int64_t K = s.conv_size;
@@ -167,8 +189,8 @@ at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*
   at::Tensor qh = l2_normalize(q.to(ct).view({B, T, H, Dk}));                               // [B, T, H, Dk]
   at::Tensor kh = l2_normalize(k.to(ct).view({B, T, H, Dk}));                               // [B, T, H, Dk]
   at::Tensor vh = v.view({B, T, H, Dv});                                                    // [B, T, H, Dv]
-  at::Tensor g = -at::exp(a_log_.to(ct)) * at::softplus(at::linear(x, a_w_).to(ct) + dt_bias_.to(ct));  // [B,T,H]
-  at::Tensor beta = at::sigmoid(at::linear(x, b_w_).to(ct));                                // [B, T, H]
+  at::Tensor g = -at::exp(a_log_.to(ct)) * at::softplus(pr.a.to(ct) + dt_bias_.to(ct));   // [B, T, H]
+  at::Tensor beta = at::sigmoid(pr.b.to(ct));                                               // [B, T, H]
   const double scale = 1.0 / std::sqrt(static_cast<double>(Dk));
 
   at::Tensor h0 = st ? st->recurrent : at::Tensor();                                        // [B, H, Dv, Dk]
@@ -185,7 +207,7 @@ at::Tensor GatedDeltaNetMixer::forward(const at::Tensor& x, const at::Tensor& /*
 
   at::Tensor o;                                                                             // [B, T, H, Dv]
   if (s.use_gate) {
-    at::Tensor gate = at::linear(x, g_w_).view({B, T, H, Dv});                              // [B, T, H, Dv]
+    at::Tensor gate = pr.g.view({B, T, H, Dv});                                             // [B, T, H, Dv]
     o = gated_rms_norm(rule.o, gate, norm_w_, s.norm_eps, /*norm_before_gate=*/true);
   } else {
     at::Tensor of = rule.o.to(ct);                                                          // [B, T, H, Dv]
@@ -218,13 +240,11 @@ at::Tensor GatedDeltaNetMixer::decode_fused(const at::Tensor& x, GatedDeltaNetSt
   if (q_conv_.scalar_type() != k_conv_.scalar_type() || q_conv_.scalar_type() != v_conv_.scalar_type()) return {};
   const int64_t B = x.size(0), K = s.conv_size;
   at::Tensor x2 = x.reshape({B, hidden_});                                                // [B, D]
-  at::Tensor gate = s.use_gate ? at::linear(x2, g_w_) : at::Tensor();                   // [B, H*Dv]
+  Projections pr = project(x2);  // [B, H*Dk] x2, [B, H*Dv], [B, H] x2, [B, H*Dv]: rows may be strided views
   kernels::GdnDecodeParams prm{q_conv_.view({-1, K}), k_conv_.view({-1, K}), v_conv_.view({-1, K}),
                                a_log_,               dt_bias_,              norm_w_,
                                s.norm_eps,           1.0 / std::sqrt(static_cast<double>(s.head_k_dim))};
-  at::Tensor o = kernels::gdn_decode_fused_cuda(at::linear(x2, q_w_), at::linear(x2, k_w_), at::linear(x2, v_w_),
-                                                at::linear(x2, a_w_), at::linear(x2, b_w_), gate, prm, pool,
-                                                slots);                                  // [B, H*Dv]
+  at::Tensor o = kernels::gdn_decode_fused_cuda(pr.q, pr.k, pr.v, pr.a, pr.b, pr.g, prm, pool, slots);  // [B, H*Dv]
   return at::linear(o, o_w_).view({B, 1, hidden_});                                      // [B, 1, D]
 }
 #else

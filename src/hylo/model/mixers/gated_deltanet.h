@@ -20,6 +20,7 @@
 
 #include "hylo/config/model_config.h"
 #include "hylo/model/mixer.h"
+#include "hylo/ops/packed_linear.h"
 
 namespace hylo {
 
@@ -66,6 +67,15 @@ class GatedDeltaNetMixer : public Mixer {
   static bool fused_decode();
 
  private:
+  // The input projections of x [.., D]: q, k [.., H*Dk], v [.., H*Dv], a, b [.., H], g [.., H*Dv] (undefined without
+  // use_gate). One GEMM against the packed [q; k; v; a; b; g] weights when no gradient is needed (the results are
+  // column views of one [.., 2*H*Dk + 2*H*Dv + 2*H] buffer); the separate at::linear calls otherwise (the reference,
+  // and the training path).
+  struct Projections {
+    at::Tensor q, k, v, a, b, g;
+  };
+  Projections project(const at::Tensor& x);
+
   GdnSpec spec_;
   int64_t hidden_ = 0;
   int64_t chunk_size_ = 64;
@@ -77,6 +87,7 @@ class GatedDeltaNetMixer : public Mixer {
   at::Tensor v_conv_;               // [H*Dv, 1, K]
   at::Tensor norm_w_;               // [Dv]
   at::Tensor o_w_;                  // [D, H*Dv]
+  ops::PackedLinear in_proj_;       // the packed input projections (inference), rebuilt when a weight changes
 };
 
 }  // namespace hylo

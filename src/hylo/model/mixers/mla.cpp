@@ -1,6 +1,7 @@
 #include "hylo/model/mixers/mla.h"
 
 #include <string>
+#include <vector>
 
 #include "hylo/core/result.h"
 #include "hylo/ops/mla.h"
@@ -102,12 +103,25 @@ MlaProjection MlaMixer::project(const at::Tensor& x, const at::Tensor& positions
     throw Error("mla mixer: positions must be [T] = [" + std::to_string(t) + "], got " +
                 c10::str(positions.sizes()));
 
-  // Queries: low-rank (optionally normalised latent) or full-rank projection.
-  at::Tensor q;                                                                    // [B, T, H*(Dn+Dr)]
-  if (s.q_lora_rank == 0) {
-    q = at::linear(x, q_proj_w_, q_proj_b_);
+  // The two projections of x: the query's (q_a, or q_proj for full rank) and the latent's (kv_a). One GEMM
+  // against the packed weights when no gradient is needed (ops/packed_linear.h), the separate calls otherwise.
+  const bool low_rank = s.q_lora_rank > 0;
+  const at::Tensor& xq_w = low_rank ? q_a_w_ : q_proj_w_;
+  const at::Tensor& xq_b = low_rank ? q_a_b_ : q_proj_b_;
+  const std::vector<const at::Tensor*> ws{&xq_w, &kv_a_w_}, bs{&xq_b, &kv_a_b_};
+  at::Tensor xq, ckv;                                                              // [B, T, Rq or H*(Dn+Dr)], [B, T, Rkv+Dr]
+  if (ops::PackedLinear::applies(x, ws, bs)) {
+    std::vector<at::Tensor> y = x_proj_(x, ws, bs);                                // column views of one GEMM
+    xq = y[0], ckv = y[1];
   } else {
-    at::Tensor c_q = at::linear(x, q_a_w_, q_a_b_);                                // [B, T, Rq]
+    xq = at::linear(x, xq_w, xq_b);
+    ckv = at::linear(x, kv_a_w_, kv_a_b_);
+  }
+
+  // Queries: low-rank (optionally normalised latent) or full-rank projection.
+  at::Tensor q = xq;                                                               // [B, T, H*(Dn+Dr)]
+  if (low_rank) {
+    at::Tensor c_q = xq;                                                           // [B, T, Rq]
     if (q_a_norm_w_.defined()) c_q = ops::rms_norm(c_q, q_a_norm_w_, kLatentNormEps);
     q = at::linear(c_q, q_b_w_);
   }
@@ -116,7 +130,6 @@ MlaProjection MlaMixer::project(const at::Tensor& x, const at::Tensor& positions
   at::Tensor q_pe = q.narrow(3, p, r);                                             // [B, T, H, Dr]
 
   // Latent and the shared rope key of the new tokens.
-  at::Tensor ckv = at::linear(x, kv_a_w_, kv_a_b_);                                // [B, T, Rkv+Dr]
   at::Tensor c_kv = ckv.narrow(2, 0, c);                                           // [B, T, Rkv]
   if (kv_a_norm_w_.defined()) c_kv = ops::rms_norm(c_kv, kv_a_norm_w_, kLatentNormEps);
   at::Tensor k_pe = ckv.narrow(2, c, r).unsqueeze(2);                              // [B, T, 1, Dr]

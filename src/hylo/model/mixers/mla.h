@@ -18,6 +18,7 @@
 #include <string>
 
 #include "hylo/model/mixer.h"
+#include "hylo/ops/packed_linear.h"
 #include "hylo/ops/rope_yarn.h"
 
 namespace hylo {
@@ -86,6 +87,9 @@ class MlaMixer : public Mixer {
   at::Tensor kv_a_norm_w_;                  // [Rkv]                          (latent_norms)
   at::Tensor kv_b_w_;                       // [G*(Dn+Dv), Rkv]
   at::Tensor out_w_, out_b_;                // [D, H*Dv], [D]
+  // The two projections of x, [q_a (or q_proj) ; kv_a_proj_with_mqa], packed for one GEMM in inference
+  // (ops/packed_linear.h); mutable: a cache of the parameters, rebuilt when they change, project() stays const.
+  mutable ops::PackedLinear x_proj_;
 };
 
 }  // namespace hylo
