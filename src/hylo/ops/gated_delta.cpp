@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -96,6 +97,16 @@ GatedDeltaOutput token_loop(const HeadMajor& in, double scale, at::ScalarType ou
 // The chunk kernel has one: when a gradient is needed it runs as gated_delta_chunk_autograd. Everything else --
 // CPU tensors, unsupported shapes or dtypes, chunk sizes other than 64 -- takes the ATen forms, which run on the
 // tensors' own device (never a silent copy to the CPU).
+// HYLO_GDN_KERNEL_BACKWARD=0 sends chunked calls that need a gradient to the ATen form instead of the autograd kernel:
+// the escape hatch for a training run when the backward kernel is suspected (the ATen form is slower, not different).
+bool backward_kernel_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("HYLO_GDN_KERNEL_BACKWARD");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
   if (!at::GradMode::is_enabled()) return false;
   for (const at::Tensor* t : ts)
@@ -133,10 +144,12 @@ GatedDeltaOutput gated_delta_chunk(const at::Tensor& q, const at::Tensor& k, con
 #ifdef HYLO_HAVE_CUDA
   if (q.is_cuda() && chunk_size == 64) {  // the kernel's chunk; other sizes are the same function, left to ATen
     check_shapes("gated_delta_chunk", q, k, v, g, beta, initial_state);
-    if (kernels::gated_delta_chunk_cuda_supports(q, v, initial_state))
-      return needs_grad({&q, &k, &v, &g, &beta, &initial_state})
-                 ? kernels::gated_delta_chunk_autograd(q, k, v, g, beta, scale, initial_state)
-                 : kernels::gated_delta_chunk_cuda(q, k, v, g, beta, scale, initial_state);
+    if (kernels::gated_delta_chunk_cuda_supports(q, v, initial_state)) {
+      if (!needs_grad({&q, &k, &v, &g, &beta, &initial_state}))
+        return kernels::gated_delta_chunk_cuda(q, k, v, g, beta, scale, initial_state);
+      if (backward_kernel_enabled())
+        return kernels::gated_delta_chunk_autograd(q, k, v, g, beta, scale, initial_state);
+    }
   }
 #endif
   HeadMajor in = prepare("gated_delta_chunk", q, k, v, g, beta, initial_state);
