@@ -12,6 +12,7 @@
 #       16-128-token slices of OUT_TEXT's training documents (prompts masked out of the loss). Needs only the hylo
 #       binary, OUT_TEXT and the teacher ($HYLO_TEACHER_GGUF).
 # Environment: NUM_SAMPLES (default 512), MAX_NEW_TOKENS (default 256), GEN_BATCH (default 32), SEED (default 1234),
+#              GEN_SECONDS (start no sample after this many seconds, keeping the ones made; default 0 = no limit),
 #              HYLO (the hylo binary, default build/bin/hylo).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +41,7 @@ case "$step" in
     exec "$hylo" data --out "$out" --seed "${SEED:-1234}" "$text_ds" \
       --generate-with "$HYLO_TEACHER_GGUF" --prompts-from "$text_ds" \
       --num-samples "${NUM_SAMPLES:-512}" --max-new-tokens "${MAX_NEW_TOKENS:-256}" --prompt-tokens 16:128 \
-      --temperature 0.8 --top-p 0.95 --gen-batch "${GEN_BATCH:-32}" --mask-prompt "$@"
+      --temperature 0.8 --top-p 0.95 --gen-batch "${GEN_BATCH:-32}" --gen-seconds "${GEN_SECONDS:-0}" --mask-prompt "$@"
     ;;
   *) echo "$usage" >&2; exit 1 ;;
 esac

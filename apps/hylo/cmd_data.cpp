@@ -2,7 +2,7 @@
 //           [--jsonl-field F] [--mask-prompt] [--doc-end TOKEN|none] [--seed S]
 //           [--heldout-fraction F | --heldout-docs N] [--heldout-file F ...] [--heldout-lines FILE:A-B ...]
 //           [--generate-with TEACHER --prompts-from FILE... --num-samples N --max-new-tokens M
-//            [--prompt-tokens MIN:MAX] [--temperature T] [--top-p P] [--top-k K] [--gen-batch B]
+//            [--prompt-tokens MIN:MAX] [--temperature T] [--top-p P] [--top-k K] [--gen-batch B] [--gen-seconds S]
 //            [--dtype fp32|bf16] [--device cpu|cuda]]
 // Writes a token dataset (layout: src/hylo/train/data.h; held-out rules: src/hylo/train/data_build.h) and
 // prints one summary line; the tokenizer defaults to the teacher's when --generate-with is given.
@@ -32,6 +32,7 @@ struct DataArgs {
   std::string generate_with;
   std::vector<std::string> prompts_from;
   int64_t num_samples = 0, max_new_tokens = 256, gen_batch = 1;
+  double gen_seconds = 0.0;
   std::string prompt_tokens = "16:128";
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
@@ -64,6 +65,7 @@ int run_data(const DataArgs& a) {
   o.gen.num_samples = a.num_samples;
   o.gen.max_new_tokens = a.max_new_tokens;
   o.gen.batch = a.gen_batch;
+  o.gen.max_seconds = a.gen_seconds;
   o.gen.mask_prompt = a.mask_prompt;
   {
     const size_t colon = a.prompt_tokens.find(':');
@@ -89,8 +91,10 @@ int run_data(const DataArgs& a) {
               static_cast<long long>(s.heldout_tokens), static_cast<long long>(s.heldout_documents),
               static_cast<long long>(s.sources));
   if (!a.generate_with.empty())
-    std::printf("; teacher: %lld prompt + %lld generated tokens in %.1f s (%.1f tok/s, %lld ended with EOS, "
-                "%lld preempted)",
+    std::printf("; teacher: %lld of %lld samples%s, %lld prompt + %lld generated tokens in %.1f s (%.1f tok/s, "
+                "%lld ended with EOS, %lld preempted)",
+                static_cast<long long>(s.generation.samples), static_cast<long long>(a.num_samples),
+                s.generation.samples < a.num_samples ? " (--gen-seconds reached)" : "",
                 static_cast<long long>(s.generation.prompt_tokens),
                 static_cast<long long>(s.generation.generated_tokens), s.generation.seconds,
                 s.generation.seconds > 0 ? static_cast<double>(s.generation.generated_tokens) / s.generation.seconds : 0.0,
@@ -128,6 +132,10 @@ CommandRun setup_data(CLI::App& app) {
   app.add_option("--top-k", a->top_k, "top-k; 0 = off")->capture_default_str();
   app.add_option("--gen-batch", a->gen_batch,
                  "teacher sequences the inference engine runs at once (each group of B shares a prompt length)")
+      ->capture_default_str();
+  app.add_option("--gen-seconds", a->gen_seconds,
+                 "start no teacher sample after this many seconds (0 = no limit); the samples made are the first k, "
+                 "as --num-samples k would make them")
       ->capture_default_str();
   app.add_option("--dtype", a->dtype, "teacher dtype: fp32 or bf16")->capture_default_str();
   app.add_option("--device", a->device, "teacher device: cpu or cuda[:N]")->capture_default_str();

@@ -23,9 +23,10 @@
 # A call that finds the run still going leaves it going: call `wait` again within the lease's warm window (30 s).
 # Environment: RECIPE (a path in the repository), MOBY_REST and NUM_SAMPLES (scripts/data-smollm2-distill.sh),
 # SIZE_FROM_RATES, TRAIN_SECONDS, ILD_SHARE, SAMPLE_SECONDS, GROUP_OF_ONE_STAGES (stage names run as a one-rank
-# data-parallel job: NCCL on the GPU). The second run's design:
+# data-parallel job: NCCL on the GPU), GEN_SECONDS (the sampler starts no sample after it; default SAMPLE_SECONDS - 40).
+# The second run (2026-12-02) and the third's design, docs/results.md:
 #   MOBY_REST=1 bash scripts/device/train_smollm2.sh build; then every call with
-#   RECIPE=recipes/train/smollm2-135m-6mla24gdn-v2.yaml SIZE_FROM_RATES=1 (and NUM_SAMPLES for `start`).
+#   RECIPE=recipes/train/smollm2-135m-6mla24gdn-v3.yaml SIZE_FROM_RATES=1 (and NUM_SAMPLES, GEN_BATCH for `start`).
 # Dry run of the driver on the CPU (tiny models in $HYLO_TRAIN_WORK/run-inputs, a tiny recipe):
 #   HYLO_TRAIN_WORK=DIR HYLO_TRAIN_DEVICE=cpu RECIPE=/abs/recipe.yaml HYLO_TRAIN_TEACHER=MODEL EVAL_CONTEXT=64 \
 #     bash scripts/device/train_smollm2.sh driver
@@ -291,13 +292,17 @@ start() {
   say "teacher ok; dataset: teacher samples added on the GPU"
   # Teacher-sampled continuations of seeded slices of the training text (prompts masked out of the loss).
   mkdir -p "$W/run-inputs"
-  if ! timeout "${SAMPLE_SECONDS:-150}" bash "$root/scripts/data-smollm2-distill.sh" distill "$W/text" "$W/run-inputs/data" --device cuda \
-      --dtype bf16 --quiet > "$W/data.log" 2>&1; then
+  # The sampler stops starting samples GEN_SECONDS in and keeps the ones made (the first k); the timeout is only the
+  # hard stop, 40 s later (loading the teacher, finishing the running samples, writing the dataset).
+  local sample_s="${SAMPLE_SECONDS:-150}"
+  if ! GEN_SECONDS="${GEN_SECONDS:-$(( sample_s > 60 ? sample_s - 40 : sample_s / 2 ))}" timeout "$sample_s" \
+      bash "$root/scripts/data-smollm2-distill.sh" distill "$W/text" "$W/run-inputs/data" --device cuda \
+      --dtype bf16 > "$W/data.log" 2>&1; then
     say "teacher sampling failed or ran out of time (tail below); training on the text alone"
-    tail -n 5 "$W/data.log"
+    tr '\r' '\n' < "$W/data.log" | grep -v '^\s*$' | tail -n 5
     rm -rf "$W/run-inputs/data"; cp -r "$W/text" "$W/run-inputs/data"
   fi
-  tail -n 2 "$W/data.log"
+  tr '\r' '\n' < "$W/data.log" | grep -v '^\s*$' | tail -n 2
   for s in mla linear; do
     "$W/bin/hylo" upcycle "$W/teacher.gguf" --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" --stage1 "$s" \
       --out "$W/run-inputs/stage1-$s" --no-progress > "$W/upcycle-$s.log" 2>&1 ||

@@ -233,6 +233,8 @@ Result<DataBuildSummary> build_token_dataset(const DataBuildOptions& o) try {
     generation = json{{"teacher", o.generate_with.string()},
                       {"prompts_from", prompts},
                       {"num_samples", gen.num_samples},
+                      {"samples_made", summary.generation.samples},
+                      {"time_limit_s", gen.max_seconds},
                       {"max_new_tokens", gen.max_new_tokens},
                       {"prompt_tokens_range", {gen.min_prompt_tokens, gen.max_prompt_tokens}},
                       {"sampling", gen.sampling.describe()},
@@ -244,7 +246,7 @@ Result<DataBuildSummary> build_token_dataset(const DataBuildOptions& o) try {
                       {"eos_stops", summary.generation.eos_stops},
                       {"dtype", std::string(c10::toString(o.load.dtype))},
                       {"device", o.load.device.str()}};
-    c.sources.push_back(SourceRecord{o.generate_with.string(), "generated", json{{"samples", gen.num_samples}}});
+    c.sources.push_back(SourceRecord{o.generate_with.string(), "generated", json{{"samples", summary.generation.samples}}});
     for (auto& d : docs) eligible.push_back(std::move(d));
   }
 

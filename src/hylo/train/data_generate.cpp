@@ -106,6 +106,7 @@ std::vector<Document> generate_teacher_documents(CausalLM& teacher, const tok::T
                                                  GenerationStats* stats) {
   if (o.num_samples < 0) throw Error("--num-samples must be >= 0");
   if (o.max_new_tokens < 1) throw Error("--max-new-tokens must be >= 1, got " + std::to_string(o.max_new_tokens));
+  if (o.max_seconds < 0) throw Error("--gen-seconds must be >= 0 seconds, got " + std::to_string(o.max_seconds));
   o.sampling.validate();
   const std::vector<std::vector<int32_t>> slices = draw_prompts(corpus, o);
   std::set<int64_t> eos_set(teacher.config().eos_token_ids.begin(), teacher.config().eos_token_ids.end());
@@ -138,8 +139,12 @@ std::vector<Document> generate_teacher_documents(CausalLM& teacher, const tok::T
   // admitted by the next step, as a queued one would be.
   std::map<engine::SeqId, size_t> sample_of;
   size_t submitted = 0, done = 0;
+  auto out_of_time = [&] {
+    return o.max_seconds > 0 && static_cast<int64_t>(submitted) >= o.batch &&
+           std::chrono::duration<double>(Clock::now() - t0).count() >= o.max_seconds;
+  };
   auto submit_more = [&] {
-    while (submitted < n && static_cast<int64_t>(sample_of.size()) < o.batch) {
+    while (submitted < n && static_cast<int64_t>(sample_of.size()) < o.batch && !out_of_time()) {
       engine::Request r;
       r.prompt = prompts[submitted];
       r.sampling = o.sampling;
@@ -176,6 +181,8 @@ std::vector<Document> generate_teacher_documents(CausalLM& teacher, const tok::T
     submit_more();
   }
   if (bar) bar->finish();
+  docs.resize(submitted);  // every submitted sample ran to its end; the rest never started
+  st.samples = static_cast<int64_t>(submitted);
   st.preemptions = eng.stats().preemptions;
   st.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (stats) *stats = st;

@@ -37,6 +37,10 @@ struct TeacherSampleOptions {
   SamplingParams sampling;     // sampling.seed is the run's seed
   bool mask_prompt = false;
   bool progress = true;        // a ProgressBar over generated tokens
+  // > 0: no sample starts after this many seconds (the first `batch` always start; those running finish). The
+  // samples made are then samples 0..k-1, the same as a run asked for k: a GPU lease buys what it has time for,
+  // and the dataset stays reproducible from its recorded count.
+  double max_seconds = 0.0;
   // The engine's pools and scheduling; max_sequences is replaced by `batch` (max_step_tokens raised to it when
   // below). memory_bytes 0: on a GPU the engine's rule (gpu_memory_fraction of the free memory), on the CPU
   // what `batch` sequences of the longest prompt plus max_new_tokens need.
@@ -56,6 +60,7 @@ std::vector<std::vector<int32_t>> draw_prompts(const PromptCorpus& corpus, const
 struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0, eos_stops = 0;
   int64_t preemptions = 0;  // sequences the engine preempted (pages ran out) and recomputed later
+  int64_t samples = 0;      // samples made: num_samples, or fewer when max_seconds stopped new ones
   double seconds = 0.0;
 };
 

@@ -85,6 +85,30 @@ TEST_F(TeacherSamples, DeterministicBySeed) {
   EXPECT_NE(tokens_of(a), tokens_of(c));
 }
 
+// --gen-seconds: once the limit has passed no sample starts, the first batch always does, and what was made is the
+// first k samples of the unlimited run (so a dataset cut short by a lease is reproducible from its count).
+TEST_F(TeacherSamples, TimeLimitKeepsTheFirstSamplesOfTheFullRun) {
+  TeacherSampleOptions o = options(5);
+  o.num_samples = 6;
+  o.batch = 2;
+  const auto full = run(o);
+  ASSERT_EQ(full.size(), 6u);
+
+  o.max_seconds = 1e-9;  // passed before the second batch could start
+  GenerationStats st;
+  const auto cut = generate_teacher_documents(*model_, *tok_, conv_, corpus_, o, 0, &st);
+  ASSERT_EQ(cut.size(), 2u);
+  EXPECT_EQ(st.samples, 2);
+  const auto all = tokens_of(full);
+  EXPECT_EQ(tokens_of(cut), std::vector<std::vector<uint32_t>>(all.begin(), all.begin() + 2));
+
+  o.max_seconds = 1e6;  // a limit never reached changes nothing
+  EXPECT_EQ(tokens_of(run(o)), tokens_of(full));
+
+  o.max_seconds = -1;
+  EXPECT_THROW(run(o), Error);
+}
+
 TEST_F(TeacherSamples, PromptsAreSlicesOfOneFileAndMaskedOut) {
   TeacherSampleOptions o = options(4);
   o.mask_prompt = true;
