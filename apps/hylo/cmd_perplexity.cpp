@@ -6,8 +6,12 @@
 // cuts the ids into non-overlapping windows of N tokens, and scores every token of each window except the
 // window's first (definition in src/hylo/eval/perplexity.h). JSON fields: model, file, context, tokens
 // (ids in the file), predicted (tokens scored), windows, nll_sum, nll_mean (nats), perplexity, and with
-// --per-token `nll`: the NLL of every predicted token in order.
+// --per-token `nll`: the NLL of every predicted token in order; on a GPU `peak_gpu_bytes`, the CUDA caching
+// allocator's peak from after loading (weights, cache pools, activations). On a GPU the engine's pools are sized to
+// exactly what the windows in flight need unless --memory-bytes / --gpu-memory say otherwise, so that peak is
+// what scoring costs (--max-sequences 1 scores one window at a time).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -20,6 +24,7 @@
 #include "hylo/core/result.h"
 #include "hylo/eval/perplexity.h"
 #include "hylo/eval/perplexity_engine.h"
+#include "hylo/infer/bench/device_memory.h"
 #include "hylo/io/tokenizer/tokenizer.h"
 #include "hylo/model/causal_lm.h"
 #include "hylo/ops/tensor_util.h"
@@ -57,15 +62,18 @@ int run_perplexity(const PerplexityArgs& a) {
   po.per_token = a.per_token;
   const auto progress = [&](int64_t done, int64_t) { bar.set(done); };
   eval::PerplexityResult r;
+  bench::reset_peak_memory(opts.device);  // from here the peak counts the weights, pools and activations
   if (a.reference) {
     r = eval::perplexity(*model, ids, po, progress);
   } else {
     const int64_t window = std::min<int64_t>(a.context, static_cast<int64_t>(ids.size()));
     const int64_t sequences = std::clamp<int64_t>(windows, 1, 8);
-    engine::Engine eng(*model, engine_options(a.engine, *model, sequences, /*default_snapshots=*/0, window));
+    engine::Engine eng(*model, engine_options(a.engine, *model, sequences, /*default_snapshots=*/0, window,
+                                              /*exact_on_gpu=*/true));
     r = eval::perplexity(eng, ids, po, progress);
   }
   bar.finish();
+  const double peak = bench::peak_memory_bytes(opts.device);  // NaN on the CPU
   if (a.json) {
     nlohmann::json j;
     j["model"] = a.model;
@@ -78,11 +86,14 @@ int run_perplexity(const PerplexityArgs& a) {
     j["nll_mean"] = r.nll_mean;
     j["perplexity"] = r.perplexity;
     if (a.per_token) j["nll"] = r.nll;
+    if (!std::isnan(peak)) j["peak_gpu_bytes"] = peak;
     std::cout << j.dump() << "\n";
   } else {
     std::printf("tokens %lld, predicted %lld in %lld window(s) of %lld\nnll_mean %.6f nats/token\nperplexity %.4f\n",
                 static_cast<long long>(r.tokens), static_cast<long long>(r.predicted),
                 static_cast<long long>(r.windows), static_cast<long long>(a.context), r.nll_mean, r.perplexity);
+    if (!std::isnan(peak))
+      std::printf("peak GPU memory %.3f GiB (weights, cache pools, activations)\n", peak / double(int64_t{1} << 30));
     if (a.per_token)
       for (double v : r.nll) std::printf("%.9g\n", v);
   }

@@ -128,11 +128,18 @@ inline engine::EngineOptions engine_options_from_flags(const EngineArgs& a, bool
 }
 
 // engine_options_from_flags for one model; on the CPU without --memory-bytes the pools get what
-// `default_sequences` sequences of `tokens_per_sequence` tokens need (at most 4 GiB).
+// `default_sequences` sequences of `tokens_per_sequence` tokens need (at most 4 GiB). `exact_on_gpu`: a GPU without
+// a budget flag gets exactly that need too (no cap) instead of its fraction of free memory -- for commands whose
+// whole workload is known up front (perplexity), so that the allocator's peak says what the work costs.
 inline engine::EngineOptions engine_options(const EngineArgs& a, const CausalLM& model, int64_t default_sequences,
-                                            int64_t default_snapshots, int64_t tokens_per_sequence) {
+                                            int64_t default_snapshots, int64_t tokens_per_sequence,
+                                            bool exact_on_gpu = false) {
   const bool cuda = model.options().device().is_cuda();
   engine::EngineOptions o = engine_options_from_flags(a, cuda, default_sequences, default_snapshots);
+  if (cuda && exact_on_gpu && o.memory_bytes == 0 && a.gpu_memory.empty()) {
+    o.memory_bytes = std::max<int64_t>(1, pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences, o.prefix_snapshots));
+    return o;
+  }
   if (!cuda && o.memory_bytes == 0) {
     const int64_t need = pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences, o.prefix_snapshots);
     o.memory_bytes = std::min<int64_t>(std::max<int64_t>(need, 1), int64_t{4} << 30);
