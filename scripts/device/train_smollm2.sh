@@ -19,7 +19,8 @@
 #        the measured step times so that the training takes TRAIN_SECONDS (default 900).
 #   calls 3+:                         bash scripts/device/train_smollm2.sh wait [SECONDS]
 #        waits up to SECONDS (default 560) for the run, printing progress; when it has finished, packs the metrics,
-#        plots, logs, the recipe used, the evaluation and the samples into $OUT/train-smollm2.tar.gz.
+#        plots, logs, the recipe used, the evaluation, the samples and the end-to-end rows (the trained hybrid
+#        against its teacher: 64K prefill, peak memory of perplexity at 32K) into $OUT/train-smollm2.tar.gz.
 # A call that finds the run still going leaves it going: call `wait` again within the lease's warm window (30 s).
 # Environment: RECIPE (a path in the repository), MOBY_REST and NUM_SAMPLES (scripts/data-smollm2-distill.sh),
 # SIZE_FROM_RATES, TRAIN_SECONDS, ILD_SHARE, SAMPLE_SECONDS, GROUP_OF_ONE_STAGES (stage names run as a one-rank
@@ -233,8 +234,26 @@ driver() {
         echo
       done
     done > "$W/samples.txt"
+    [[ "$DEV" == cuda ]] && end_to_end "$hylo" "$(tail -n 1 <<< "$leaves")"
   fi
   echo "$rc" > "$W/DONE"
+}
+
+# Issue 8's end-to-end rows with the trained hybrid (the last leaf stage) and its teacher, bf16, batch 1: prefill of a
+# 64K-token prompt (`hylo bench`, both in one process) and the peak GPU memory of scoring the held-out text in 32K
+# windows one at a time (`hylo perplexity`). Outputs: $W/e2e-*.
+end_to_end() {
+  local hylo="$1" leaf="$2" m name
+  "$hylo" bench "$W/run/$leaf/final" --teacher "$HYLO_TEACHER_GGUF" --contexts 64K --teacher-contexts 64K \
+    --decode-tokens 16 --device cuda --prefill-chunk 16384 --max-step-tokens 16384 --json "$W/e2e-bench.json" \
+    --markdown "$W/e2e-bench.md" > "$W/e2e-bench.log" 2>&1
+  say "e2e bench exit $?" >> "$W/driver.log"
+  for m in "$W/run/$leaf/final" "$HYLO_TEACHER_GGUF"; do
+    name="$([[ "$m" == "$HYLO_TEACHER_GGUF" ]] && echo teacher || echo "$leaf")"
+    "$hylo" perplexity "$m" "$W/text/heldout.txt" --context 32768 --dtype bf16 --device cuda --max-sequences 1 \
+      --json > "$W/e2e-perplexity-$name.json" 2> "$W/e2e-perplexity-$name.log"
+    say "e2e perplexity 32K $name exit $?" >> "$W/driver.log"
+  done
 }
 
 progress() {
@@ -257,7 +276,7 @@ pack() {
     cp "$sd/final/config.json" "$d/$s/" 2>/dev/null
   done
   [[ -d "$W/eval" ]] && cp -r "$W/eval" "$d/eval"
-  cp "$W/data.log" "$d/" 2>/dev/null
+  cp "$W/data.log" "$W"/e2e-* "$d/" 2>/dev/null
   tar -C "$d" -czf "$out/train-smollm2.tar.gz" .
   cp "$W/samples.txt" "$out/" 2>/dev/null
   cp "$W/eval/report.md" "$out/eval-report.md" 2>/dev/null
