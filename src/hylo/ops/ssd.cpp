@@ -7,6 +7,13 @@
 
 #include "hylo/core/result.h"
 #include "hylo/ops/tensor_util.h"
+#ifdef HYLO_HAVE_CUDA
+#include <ATen/core/grad_mode.h>
+
+#include <initializer_list>
+
+#include "hylo/kernels/ssd/ssd_cuda.h"
+#endif
 
 namespace hylo {
 
@@ -80,11 +87,33 @@ std::pair<at::Tensor, at::Tensor> step(const at::Tensor& S, const at::Tensor& x,
   return {y, S_new};
 }
 
+#ifdef HYLO_HAVE_CUDA
+// The CUDA kernels (kernels/ssd) have no backward: they run only when no input needs a gradient (inference, or
+// under NoGradGuard) and the shape and dtypes are in their supported set. Everything else -- CPU tensors, fp64,
+// unsupported dims, calls that need a gradient -- takes the ATen forms below, on the tensors' own device.
+bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+#endif
+
 }  // namespace
 
 SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                         const at::Tensor& C, const at::Tensor& D, const at::Tensor& state) {
   const Dims d = check_inputs("ssd_recurrent", true, x, dt, A, B, C, D, state);
+#ifdef HYLO_HAVE_CUDA
+  if (x.is_cuda() && !needs_grad({&x, &dt, &A, &B, &C, &D, &state})) {
+    // The kernel takes the [B, T, ...] layout; one token is T = 1.
+    const at::Tensor xt = x.unsqueeze(1), dtt = dt.unsqueeze(1), Bt = B.unsqueeze(1), Ct = C.unsqueeze(1);
+    if (kernels::ssd_step_cuda_supports(xt, dtt, A, Bt, Ct, D, state)) {
+      SsdOutput out = kernels::ssd_step_cuda(xt, dtt, A, Bt, Ct, D, state);
+      return {out.y.squeeze(1), out.final_state};  // y [B, H, P]
+    }
+  }
+#endif
   const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);
   at::Tensor Bh = groups_to_heads(B.to(ct), d.H, 1);                                  // [B, H, N]
@@ -121,6 +150,12 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial_state, int64_t chunk_size) {
   const Dims d = check_inputs("ssd_chunk", false, x, dt, A, B, C, D, initial_state);
   if (chunk_size < 1) throw Error("ssd_chunk: chunk_size must be >= 1, got " + std::to_string(chunk_size));
+#ifdef HYLO_HAVE_CUDA
+  // The kernel chunks by its own size: chunk_size changes only the ATen form's rounding, not the function.
+  if (x.is_cuda() && d.T >= 1 && !needs_grad({&x, &dt, &A, &B, &C, &D, &initial_state}) &&
+      kernels::ssd_chunk_cuda_supports(x, dt, A, B, C, D, initial_state))
+    return kernels::ssd_chunk_cuda(x, dt, A, B, C, D, initial_state);
+#endif
   const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);
   at::Tensor S0 = initial_or_zeros(initial_state, d, opts);                           // [B, H, P, N]

@@ -15,6 +15,8 @@
 //   * Everything is computed in fp32 (fp64 when x is fp64); y comes back in x's dtype, states in the compute
 //     dtype. D may be undefined (no skip term); an undefined initial state means zeros.
 //   * Autograd flows through plain ATen ops (no custom backward), so every form is differentiable.
+//   * On CUDA, ssd_chunk and ssd_recurrent run the kernels of kernels/ssd (fp32 arithmetic, same contract) when no
+//     input needs a gradient and the shape is supported; otherwise these ATen forms run, on the tensors' device.
 #pragma once
 
 #include <ATen/ATen.h>
