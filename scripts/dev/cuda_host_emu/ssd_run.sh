@@ -23,7 +23,8 @@ k="$out/src/hylo/kernels"
 srcs=("$k/ssd/ssd_step_cu.cpp" "$k/ssd/ssd_chunk_cu.cpp" "$k/common/poison.cpp" "$here/ssd_check.cpp")
 for f in "${srcs[@]}"; do
   o="$out/$(basename "$f" .cpp).o"
-  [[ -f "$o" && "$o" -nt "$f" && "$o" -nt "$here/shim/emu_shim.h" ]] || nice -n 19 g++ "${fl[@]}" "${inc[@]}" -c "$f" -o "$o" &
+  [[ -f "$o" && "$o" -nt "$f" && "$o" -nt "$here/shim/emu_shim.h" ]] ||
+    nice -n 19 g++ "${fl[@]}" "${inc[@]}" -c "$f" -o "$o" &
   while (( $(jobs -rp | wc -l) >= 2 )); do wait -n; done
 done
 wait

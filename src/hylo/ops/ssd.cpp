@@ -1,6 +1,9 @@
 #include "hylo/ops/ssd.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -8,10 +11,6 @@
 #include "hylo/core/result.h"
 #include "hylo/ops/tensor_util.h"
 #ifdef HYLO_HAVE_CUDA
-#include <ATen/core/grad_mode.h>
-
-#include <initializer_list>
-
 #include "hylo/kernels/ssd/ssd_cuda.h"
 #endif
 
@@ -87,7 +86,6 @@ std::pair<at::Tensor, at::Tensor> step(const at::Tensor& S, const at::Tensor& x,
   return {y, S_new};
 }
 
-#ifdef HYLO_HAVE_CUDA
 // The CUDA kernels (kernels/ssd) have no backward: they run only when no input needs a gradient (inference, or
 // under NoGradGuard) and the shape and dtypes are in their supported set. Everything else -- CPU tensors, fp64,
 // unsupported dims, calls that need a gradient -- takes the ATen forms below, on the tensors' own device.
@@ -97,20 +95,40 @@ bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
     if (t->defined() && t->requires_grad()) return true;
   return false;
 }
-#endif
+
+// ssd_recurrent's result state: `S` itself, or `out` holding S's values when the caller gave one.
+at::Tensor write_state(const at::Tensor& out, const at::Tensor& S) {
+  if (!out.defined()) return S;
+  if (!out.is_same(S)) out.copy_(S);
+  return out;
+}
 
 }  // namespace
 
 SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state) {
+                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state,
+                        const at::Tensor& state_out) {
   const Dims d = check_inputs("ssd_recurrent", true, x, dt, A, B, C, D, state);
+  const bool grad = needs_grad({&x, &dt, &A, &B, &C, &D, &state});
+  if (state_out.defined()) {
+    const std::vector<int64_t> want = {d.batch, d.H, d.P, d.N};
+    if (grad || state_out.requires_grad())
+      throw Error("ssd_recurrent: state_out (an in-place state update) is only for calls that need no gradient");
+    if (!state_out.sizes().equals(want) || state_out.scalar_type() != compute_type(x.scalar_type()) ||
+        state_out.device() != x.device())
+      throw Error("ssd_recurrent: state_out must be [B, H, P, N] = " + shape_str(want) +
+                  " in " + c10::toString(compute_type(x.scalar_type())) + " on x's device, got " +
+                  shape_str(state_out) + " " + c10::toString(state_out.scalar_type()) + " on " +
+                  state_out.device().str());
+  }
 #ifdef HYLO_HAVE_CUDA
-  if (x.is_cuda() && !needs_grad({&x, &dt, &A, &B, &C, &D, &state})) {
+  if (x.is_cuda() && !grad) {
     // The kernel takes the [B, T, ...] layout; one token is T = 1.
     const at::Tensor xt = x.unsqueeze(1), dtt = dt.unsqueeze(1), Bt = B.unsqueeze(1), Ct = C.unsqueeze(1);
     if (kernels::ssd_step_cuda_supports(xt, dtt, A, Bt, Ct, D, state)) {
-      SsdOutput out = kernels::ssd_step_cuda(xt, dtt, A, Bt, Ct, D, state);
-      return {out.y.squeeze(1), out.final_state};  // y [B, H, P]
+      // The kernel writes state_out directly when it is contiguous fp32 (in place when it is `state`).
+      SsdOutput out = kernels::ssd_step_cuda(xt, dtt, A, Bt, Ct, D, state, state_out);
+      return {out.y.squeeze(1), write_state(state_out, out.final_state)};  // y [B, H, P]
     }
   }
 #endif
@@ -120,7 +138,7 @@ SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Ten
   at::Tensor Ch = groups_to_heads(C.to(ct), d.H, 1);                                  // [B, H, N]
   auto [y, S] = step(initial_or_zeros(state, d, opts), x.to(ct), dt.to(ct), A.to(ct), Bh, Ch,
                      D.defined() ? D.to(ct) : D);
-  return {y.to(x.scalar_type()), S};
+  return {y.to(x.scalar_type()), write_state(state_out, S)};
 }
 
 SsdOutput ssd_naive(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,

@@ -43,7 +43,11 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
 
 // One token: x [B, H, P], dt [B, H], A [H], B [B, G, N], C [B, Gc, N], D [H] or undefined,
 // state [B, H, P, N] or undefined (zeros). Returns y [B, H, P] and the new state (the input is not modified).
+// With state_out ([B, H, P, N] in the compute dtype on x's device; it may be `state` itself, the decode loop's
+// in-place update) the new state is written there and returned as final_state; calls that need a gradient cannot
+// use it (an Error).
 SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state);
+                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state,
+                        const at::Tensor& state_out = {});
 
 }  // namespace hylo

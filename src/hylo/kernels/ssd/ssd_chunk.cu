@@ -230,8 +230,9 @@ SsdOutput ssd_chunk_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Te
   const size_t state_smem = sizeof(float) * size_t(kChunk * (a.P + a.N) + 3 * kChunk);
   const size_t output_smem = sizeof(float) * size_t(output_smem_floats(a.P, a.N));
   // Above 48 KB a kernel must opt in to dynamic shared memory (the output kernel needs up to 182 KB at 128/128).
-  for (auto [kernel, bytes] : {std::pair<const void*, size_t>{reinterpret_cast<const void*>(chunk_state_kernel), state_smem},
-                                {reinterpret_cast<const void*>(chunk_output_kernel), output_smem}}) {
+  using KernelSmem = std::pair<const void*, size_t>;
+  for (auto [kernel, bytes] : {KernelSmem{reinterpret_cast<const void*>(chunk_state_kernel), state_smem},
+                               KernelSmem{reinterpret_cast<const void*>(chunk_output_kernel), output_smem}}) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
     if (e != cudaSuccess)
       throw Error("ssd_chunk_cuda: cannot reserve " + std::to_string(bytes) + " bytes of shared memory (P=" +

@@ -120,7 +120,8 @@ bool ssd_step_cuda_supports(const at::Tensor& x, const at::Tensor& dt, const at:
                             const at::Tensor& C, const at::Tensor& D, const at::Tensor& state) {
   const int64_t N = B.size(-1);
   // B * H is the grid's y extent (at most 65535).
-  return N % 32 == 0 && N >= 32 && N <= 256 && x.size(0) * x.size(-2) <= 65535 && ssd::inputs_ok({&x, &dt, &A, &B, &C, &D}, state);
+  return N % 32 == 0 && N >= 32 && N <= 256 && x.size(0) * x.size(-2) <= 65535 &&
+         ssd::inputs_ok({&x, &dt, &A, &B, &C, &D}, state);
 }
 
 SsdOutput ssd_step_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
