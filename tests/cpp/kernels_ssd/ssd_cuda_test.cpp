@@ -171,6 +171,16 @@ TEST(SsdCuda, OpsRouteToKernelsAndKeepUnsupportedOnGpu) {
   EXPECT_TRUE(at::equal(step_op.y, step_k.y.select(1, 0))) << "ssd_recurrent did not use the kernel";
   EXPECT_TRUE(at::equal(step_op.final_state, step_k.final_state));
   EXPECT_TRUE(at::equal(g.state, state_before)) << "ssd_recurrent modified its input state";
+  // The decode loop's in-place form (what the mixer passes): the kernel writes the state itself; a
+  // non-contiguous state_out gets the same values through a copy.
+  at::Tensor S = g.state.clone();
+  const SsdOutput ip = ssd_recurrent(token(g.x), token(g.dt), g.A, token(g.B), token(g.C), g.D, S, S);
+  EXPECT_TRUE(ip.final_state.is_same(S));
+  EXPECT_TRUE(at::equal(S, step_k.final_state)) << "in-place state differs from the kernel's";
+  EXPECT_TRUE(at::equal(ip.y, step_op.y));
+  at::Tensor strided = at::full({c.N, c.P, c.H, c.batch}, 7.0f, S.options()).permute({3, 2, 1, 0});  // [B,H,P,N]
+  ssd_recurrent(token(g.x), token(g.dt), g.A, token(g.B), token(g.C), g.D, g.state, strided);
+  EXPECT_TRUE(at::equal(strided, step_k.final_state)) << "non-contiguous state_out";
 
   // Unsupported shapes: P 160 (chunk kernel) and N 48 (step kernel) run the ATen form on the GPU.
   const Case wide{1, 70, 2, 160, 48, 1, 2, true, true};
