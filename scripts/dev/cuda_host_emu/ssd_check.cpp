@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
     ok = ok && pass;
     std::printf("%-6s y %.2e (aten %.2e) state %.2e (aten %.2e) %s\n", what, ey, ay, es, as, pass ? "ok" : "FAIL");
   };
-  report("chunk", kernels::ssd_chunk_cuda(x, dt, A, Bm, Cm, Dv, s0), aten, ref);
+  if (P <= 128 && N <= 128) report("chunk", kernels::ssd_chunk_cuda(x, dt, A, Bm, Cm, Dv, s0), aten, ref);
   if (N % 32 == 0) {  // the step kernel's set; T tokens in one call, in place on a copy of the state
     at::Tensor s_io = st ? s0.clone() : at::Tensor();
     const SsdOutput step = kernels::ssd_step_cuda(x, dt, A, Bm, Cm, Dv, s_io, s_io);
