@@ -3,6 +3,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <initializer_list>
 #include <limits>
 #include <string>
@@ -96,6 +97,16 @@ bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
   return false;
 }
 
+#ifdef HYLO_HAVE_CUDA
+// HYLO_SSD_KERNELS=0 sends every call to the ATen forms: the escape hatch if a kernel is ever suspected, and how
+// bench/ssd_kernels_bench.cpp times the ATen forms on the GPU. Read on every call (a few hundred ns) so that a
+// process can switch it.
+bool kernels_enabled() {
+  const char* v = std::getenv("HYLO_SSD_KERNELS");
+  return v == nullptr || std::string(v) != "0";
+}
+#endif
+
 // ssd_recurrent's result state: `S` itself, or `out` holding S's values when the caller gave one.
 at::Tensor write_state(const at::Tensor& out, const at::Tensor& S) {
   if (!out.defined()) return S;
@@ -122,7 +133,7 @@ SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Ten
                   state_out.device().str());
   }
 #ifdef HYLO_HAVE_CUDA
-  if (x.is_cuda() && !grad) {
+  if (x.is_cuda() && !grad && kernels_enabled()) {
     // The kernel takes the [B, T, ...] layout; one token is T = 1.
     const at::Tensor xt = x.unsqueeze(1), dtt = dt.unsqueeze(1), Bt = B.unsqueeze(1), Ct = C.unsqueeze(1);
     if (kernels::ssd_step_cuda_supports(xt, dtt, A, Bt, Ct, D, state)) {
@@ -170,7 +181,7 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
   if (chunk_size < 1) throw Error("ssd_chunk: chunk_size must be >= 1, got " + std::to_string(chunk_size));
 #ifdef HYLO_HAVE_CUDA
   // The kernel chunks by its own size: chunk_size changes only the ATen form's rounding, not the function.
-  if (x.is_cuda() && d.T >= 1 && !needs_grad({&x, &dt, &A, &B, &C, &D, &initial_state}) &&
+  if (x.is_cuda() && d.T >= 1 && kernels_enabled() && !needs_grad({&x, &dt, &A, &B, &C, &D, &initial_state}) &&
       kernels::ssd_chunk_cuda_supports(x, dt, A, B, C, D, initial_state))
     return kernels::ssd_chunk_cuda(x, dt, A, B, C, D, initial_state);
 #endif
