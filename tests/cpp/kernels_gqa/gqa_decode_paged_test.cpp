@@ -135,7 +135,7 @@ void expect_close(const PagedBatch& pb, const at::Tensor& got, const std::string
   ASSERT_EQ(got.scalar_type(), pb.q.scalar_type()) << what;
   ASSERT_FALSE(at::isnan(got).any().item<bool>()) << what << ": NaN in the output (unwritten, or read outside a range)";
   const at::Tensor truth = aten_reference(pb, at::kDouble), aten = aten_reference(pb, std::nullopt);
-  const double rel = ops::relative_rms_error(got, truth), rel_ref = ops::relative_rms_error(aten, truth);
+  const double rel = relative_rms_error(got, truth), rel_ref = relative_rms_error(aten, truth);
   const at::Tensor g64 = got.to(at::kDouble), a64 = aten.to(at::kDouble);
   const double max_abs = (g64 - truth).abs().max().item<double>(), max_ref = (a64 - truth).abs().max().item<double>();
   const double scale_abs = std::max(truth.abs().max().item<double>(), 1e-30);
@@ -289,14 +289,14 @@ TEST(GqaDecodePagedKernel, OpRoutesToKernel) {
   auto d = [](const at::Tensor& t) { return t.to(at::kDouble); };
   EXPECT_FALSE(kernels::gqa_decode_paged_supported(d(q), d(k), d(v), table, lengths));
   const at::Tensor fp64 = ops::gqa_decode_paged(d(q), d(k), d(v), table, lengths, pb.scale, pb.window_opt());
-  EXPECT_LT(ops::relative_rms_error(fp64, truth), 1e-12);
+  EXPECT_LT(relative_rms_error(fp64, truth), 1e-12);
 
   PagedBatch odd = make_batch({8, 2, 96}, {1, 40}, 16, at::kBFloat16, at::kBFloat16, 7001);
   EXPECT_FALSE(kernels::gqa_decode_paged_supported(odd.q.cuda(), odd.k_pages.cuda(), odd.v_pages.cuda(),
                                                    odd.table.cuda(), odd.lengths.cuda()));
   const at::Tensor o96 = ops::gqa_decode_paged(odd.q.cuda(), odd.k_pages.cuda(), odd.v_pages.cuda(),
                                                odd.table.cuda(), odd.lengths.cuda(), odd.scale);
-  EXPECT_LT(ops::relative_rms_error(o96, aten_reference(odd, at::kDouble)), std::ldexp(1.0, -7));
+  EXPECT_LT(relative_rms_error(o96, aten_reference(odd, at::kDouble)), std::ldexp(1.0, -7));
 }
 
 TEST(GqaDecodePagedKernel, SupportPredicate) {
