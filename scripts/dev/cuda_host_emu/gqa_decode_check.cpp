@@ -1,7 +1,7 @@
 // Host-emulated run of the paged GQA decode kernel (run_gqa.sh) against the fp64 ATen form on small cases: ragged
-// lengths around a page, length 0, forced and automatic splits, a window, rep 12 (two head blocks), bf16/fp16/fp32
-// pages. NaN fills every page row outside a sequence's attended range and the outputs and partials
-// (set_poison_outputs), so reads outside a range and unwritten results show. Prints one line per case; exits 1 on
+// lengths around a page, length 0, forced and automatic splits, windows, rep 12 (two head blocks), page sizes 1, 8,
+// 12 (not a power of two), 16 and 64, bf16/fp16/fp32 pages. NaN fills every page row outside a sequence's attended
+// range and the outputs and partials (set_poison_outputs), so reads outside a range and unwritten results show. Prints one line per case; exits 1 on
 // a failure. A development aid for the indexing and the merges; tests/cpp/kernels_gqa on a GPU is the acceptance.
 #include <ATen/ATen.h>
 
@@ -82,6 +82,7 @@ int main() {
       {9, 3, 64, 16, {1, 15, 16, 17, 70}, at::kBFloat16, 0, 3},
       {8, 2, 128, 8, {0, 33, 200}, at::kFloat, 50, 5},
       {8, 2, 128, 8, {0, 33, 200}, at::kHalf, 0, 7},
+      {8, 2, 128, 12, {1, 11, 12, 13, 150}, at::kBFloat16, 40, 0},
       {24, 2, 64, 1, {100, 3}, at::kBFloat16, 0, 2},
       {4, 4, 64, 64, {300}, at::kFloat, 0, 64},
   };

@@ -218,6 +218,21 @@ TEST(GqaDecodePagedKernel, MixedQueryAndPageDtypes) {
   check(make_batch(kShapes[2], {1, 70, 1000}, 64, at::kFloat, at::kBFloat16, 5001), 0, "bf16 q, fp32 pages");
 }
 
+// A NaN inside an attended row reaches the output of exactly the heads that read it (as in the ATen form), even
+// when its split is the only one with tokens: emptiness is the token range's, never the sum's.
+TEST(GqaDecodePagedKernel, NanInAttendedRowPropagates) {
+  HYLO_REQUIRE_CUDA();
+  for (int64_t splits : {0, 1, 4}) {
+    PagedBatch pb = make_batch(kShapes[0], {40, 3}, 16, at::kBFloat16, at::kBFloat16, 8000 + splits);
+    const int64_t page = pb.table[0][1].item<int64_t>();
+    pb.k_pages[page][5][1].fill_(NAN);  // token 21 of sequence 0, KV head 1: query heads 3-5
+    const at::Tensor got = run_kernel(pb, splits), want = aten_reference(pb, at::kDouble);
+    EXPECT_TRUE(at::equal(at::isnan(got), at::isnan(want))) << "splits " << splits;
+    EXPECT_TRUE(at::isnan(got[0][3]).all().item<bool>());
+    EXPECT_FALSE(at::isnan(got[1]).any().item<bool>());
+  }
+}
+
 // Captured once with fixed buffers; then the lengths, the page table and the pages change in place and the graph
 // is replayed: each replay matches the reference for the new contents (the launch shape never depended on them).
 TEST(GqaDecodePagedKernel, CudaGraphReplayAfterInPlaceChanges) {

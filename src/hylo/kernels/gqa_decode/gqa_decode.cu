@@ -43,6 +43,7 @@ struct SplitParams {
   int64_t table_stride;    // elements between sequences' rows of the table
   int64_t page_stride;     // elements between pages
   int page_size, hkv, hq, rep, head_blocks, num_splits, capacity, window, min_split_tokens;
+  int page_shift;          // log2(page_size) when it is a power of two (the engine's 64), else -1
   float scale_log2;        // softmax scale * log2(e): scores are kept in base 2
   float* o_part;           // [S, splits, Hq, D] fp32, normalised per split (not written for an empty split)
   float* lse_part;         // [S, splits, Hq] fp32, base-2 log-sum-exp of the split's scaled scores (-inf: empty)
@@ -159,8 +160,11 @@ __global__ void __launch_bounds__(kThreads) gqa_decode_split_kernel(const SplitP
     for (int u = 0; u < U; ++u) {
       const int t = int(base) + u * NG + grp;  // < s_end where used
       if (base + u * NG + grp < s_end) {
-        const int page = __ldg(trow + t / p.page_size);
-        const int64_t off = int64_t(page) * p.page_stride + int64_t(t % p.page_size) * row_stride;
+        // Power-of-two pages (the usual case) index by shift and mask instead of an integer division.
+        const int slot = p.page_shift >= 0 ? t >> p.page_shift : t / p.page_size;
+        const int row = p.page_shift >= 0 ? t & (p.page_size - 1) : t - slot * p.page_size;
+        const int page = __ldg(trow + slot);
+        const int64_t off = int64_t(page) * p.page_stride + int64_t(row) * row_stride;
         kr[u] = load_raw8(kp + off);
         vr[u] = load_raw8(vp + off);
       } else {
@@ -231,8 +235,10 @@ __global__ void __launch_bounds__(kThreads) gqa_decode_split_kernel(const SplitP
     }
   }
   __syncthreads();
-  // Merge the warps and write the split's partial: output normalised by its own sum, LSE in base 2.
+  // Merge the warps and write the split's partial: output normalised by its own sum, LSE in base 2. Emptiness is
+  // the token range's, not the sum's, so a NaN in an attended row reaches the output as in the ATen form.
   const int64_t part = int64_t(b) * p.num_splits + split;
+  const bool live = s_begin < s_end;
   for (int i = threadIdx.x; i < nh * D; i += kThreads) {
     const int h = i / D, d = i - h * D;
     float mx = kNegInf;
@@ -246,8 +252,8 @@ __global__ void __launch_bounds__(kThreads) gqa_decode_split_kernel(const SplitP
       num += s_acc[w][h][d] * wt;
     }
     const int64_t row = part * p.hq + h_base + h;
-    if (den > 0.f) p.o_part[row * D + d] = num / den;  // an empty split's output is never read
-    if (d == 0) p.lse_part[row] = den > 0.f ? mx + log2f(den) : kNegInf;
+    if (live) p.o_part[row * D + d] = num / den;  // an empty split's output is never read
+    if (d == 0) p.lse_part[row] = live ? mx + log2f(den) : kNegInf;
   }
 }
 
@@ -263,14 +269,15 @@ __global__ void __launch_bounds__(128) gqa_decode_combine_kernel(const float* __
   for (int k = 0; k < num_splits; ++k) mx = fmaxf(mx, lse[int64_t(k) * hq]);
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
     float num = 0.f, den = 0.f;
+    bool any = false;  // some split had tokens (a NaN from the data then reaches the output, as in the ATen form)
     for (int k = 0; k < num_splits; ++k) {
       const float lk = lse[int64_t(k) * hq];
       if (lk == kNegInf) continue;
       const float w = exp2f(lk - mx);
-      den += w;
+      den += w, any = true;
       num = fmaf(w, o_part[((int64_t(b) * num_splits + k) * hq + h) * dim + d], num);
     }
-    store_from_float(out, (int64_t(b) * hq + h) * dim + d, out_type, den > 0.f ? num / den : 0.f);
+    store_from_float(out, (int64_t(b) * hq + h) * dim + d, out_type, any ? num / den : 0.f);
   }
 }
 
@@ -388,6 +395,9 @@ at::Tensor gqa_decode_paged_cuda(const at::Tensor& q, const at::Tensor& k_pages,
   p.table_stride = s > 1 ? page_table.stride(0) : page_table.size(1);
   p.page_stride = k_pages.stride(0);
   p.page_size = int(k_pages.size(1)), p.hkv = int(hkv), p.hq = int(hq), p.rep = int(rep);
+  p.page_shift = -1;
+  for (int sh = 0; sh < 31; ++sh)
+    if ((int64_t{1} << sh) == k_pages.size(1)) p.page_shift = sh;
   p.head_blocks = int((rep + rb - 1) / rb);
   p.capacity = int(capacity);
   p.window = window > 0 ? int(std::min<int64_t>(window, capacity)) : 0;
