@@ -256,11 +256,14 @@ end_to_end() {
   done
 }
 
+# last_lines FILE N: the last N non-empty lines of a log whose progress bars redraw with carriage returns.
+last_lines() { tr '\r' '\n' < "$1" | grep -v '^\s*$' | tail -n "$2"; }
+
 progress() {
   say "$(cat "$W/driver.log" 2>/dev/null | tail -n 3 | tr '\n' ' ')"
   local f
   for f in $(recipe_query waves); do
-    [[ -f "$W/$f.log" ]] && say "$f: $(tr '\r' '\n' < "$W/$f.log" | grep -v '^\s*$' | tail -n 1 | cut -c1-200)"
+    [[ -f "$W/$f.log" ]] && say "$f: $(last_lines "$W/$f.log" 1 | cut -c1-200)"
   done
 }
 
@@ -318,10 +321,10 @@ start() {
       bash "$root/scripts/data-smollm2-distill.sh" distill "$W/text" "$W/run-inputs/data" --device cuda \
       --dtype bf16 > "$W/data.log" 2>&1; then
     say "teacher sampling failed or ran out of time (tail below); training on the text alone"
-    tr '\r' '\n' < "$W/data.log" | grep -v '^\s*$' | tail -n 5
+    last_lines "$W/data.log" 5
     rm -rf "$W/run-inputs/data"; cp -r "$W/text" "$W/run-inputs/data"
   fi
-  tr '\r' '\n' < "$W/data.log" | grep -v '^\s*$' | tail -n 2
+  last_lines "$W/data.log" 2
   for s in mla linear; do
     "$W/bin/hylo" upcycle "$W/teacher.gguf" --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" --stage1 "$s" \
       --out "$W/run-inputs/stage1-$s" --no-progress > "$W/upcycle-$s.log" 2>&1 ||

@@ -11,13 +11,13 @@ another seed.
 import json
 import os
 import subprocess
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tiny_checkpoints import seeded_wide_model
 from tokenizer_oracles import train_byte_level_bpe
 
 HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
@@ -45,14 +45,9 @@ def teacher(tmp_path_factory):
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                    rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, pad_token_id=None,
                                    tie_word_embeddings=False)
-    torch.manual_seed(zlib.crc32(b"data_generate"))
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+    model = seeded_wide_model(cfg, "data_generate")
     with torch.no_grad():
-        # Wider than transformers' init so next-token logits are far from uniform (near-ties are rare), and
-        # <eos> more likely, so that some samples end inside their budget.
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
-        model.lm_head.weight[1] += 0.15
+        model.lm_head.weight[1] += 0.15  # <eos> more likely, so that some samples end inside their budget
     root = tmp_path_factory.mktemp("data_generate")
     model.save_pretrained(root / "teacher", safe_serialization=True)
     (root / "teacher" / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")

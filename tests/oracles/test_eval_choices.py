@@ -16,13 +16,13 @@ the oracle's exactly; the items are built so that acc and acc_norm disagree on s
 import json
 import os
 import subprocess
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tiny_checkpoints import seeded_wide_model
 from tokenizer_oracles import train_byte_level_bpe
 
 HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
@@ -59,11 +59,7 @@ def setup(tmp_path_factory):
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                    rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, pad_token_id=None,
                                    tie_word_embeddings=False)
-    torch.manual_seed(zlib.crc32(b"eval_choices"))
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+    model = seeded_wide_model(cfg, "eval_choices")
     model_dir = root / "tiny_llama"
     model.save_pretrained(model_dir, safe_serialization=True)
     (model_dir / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")

@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_checkpoints import seeded_wide_model
+from tokenizer_oracles import train_byte_level_bpe
+
 HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
 TEACHER = os.environ.get("HYLO_TEACHER_GGUF", str(Path.home() / ".cache/hylo/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
@@ -46,17 +49,7 @@ def ids_of(stdout):
 
 @pytest.fixture(scope="module")
 def tokenizer_json():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=["<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([CORPUS], trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
-    assert tok.token_to_id("<bos>") == 0 and tok.token_to_id("<eos>") == 1
-    return tok.to_str()
+    return train_byte_level_bpe(CORPUS, TOKENIZER_VOCAB).to_str()
 
 
 # name, family, config overrides (vocab = the tokenizer's, so every generated id decodes to text)
@@ -88,13 +81,7 @@ def build(case, tmp_root, tokenizer_json):
               max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, pad_token_id=None)
     kw.update(overrides)
     cfg = cls(**kw)
-    torch.manual_seed(zlib.crc32(name.encode()))
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
-    with torch.no_grad():
-        # Wider than transformers' init (std 0.02) so next-token logits are far from uniform: near-ties, which
-        # fp32 rounding may break either way, become rare.
-        for pname, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in pname else 0.1 * torch.randn_like(p))
+    model = seeded_wide_model(cfg, name)
     out = tmp_root / name
     model.save_pretrained(out, safe_serialization=True)
     (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")

@@ -23,12 +23,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+
+from tiny_checkpoints import seeded_wide_model
 
 openai = pytest.importorskip("openai", reason="pip install openai (scripts/requirements.txt)")
 
@@ -72,12 +73,7 @@ def model_dir(tmp_path_factory):
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=0,
                                    eos_token_id=1, tie_word_embeddings=False)
-    torch.manual_seed(zlib.crc32(b"serve"))
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
-    with torch.no_grad():
-        # Wider than the default init so next-token logits are far from uniform (greedy near-ties are rare).
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+    model = seeded_wide_model(cfg, "serve")
     model.save_pretrained(out, safe_serialization=True)
     return out
 

@@ -13,6 +13,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "hylo/model/causal_lm.h"
 #include "hylo/model/mixers/gated_deltanet.h"
@@ -49,6 +50,17 @@ void expect_same(const at::Tensor& packed, const at::Tensor& separate, int64_t D
   ::testing::Test::RecordProperty(what, std::to_string(diff));
 }
 
+// A mixer's outputs for a prefill chunk `prompt` [B, T, D] (positions 0..T-1) and then one decode token `step`
+// [B, 1, D] (position T), both into `state`, with packing on or off for the two calls.
+std::pair<at::Tensor, at::Tensor> prefill_then_step(Mixer& mixer, bool packed, const at::Tensor& prompt,
+                                                    const at::Tensor& step, MixerState* state) {
+  Packing scope(packed);
+  const int64_t T = prompt.size(1);
+  at::Tensor y_prefill = mixer.forward(prompt, at::arange(T, at::kLong), state);
+  at::Tensor y_step = mixer.forward(step, at::full({1}, T, at::kLong), state);
+  return {y_prefill, y_step};
+}
+
 TEST(DecodeStepPacked, GdnLayerEqualsSeparateProjections) {
   ModelConfig config = mixed_config();
   auto model = CausalLM::random(config, /*seed=*/5);
@@ -58,19 +70,10 @@ TEST(DecodeStepPacked, GdnLayerEqualsSeparateProjections) {
   at::manual_seed(3);
   at::Tensor prompt = at::randn({B, 5, D}), step = at::randn({B, 1, D});
   auto st_packed = gdn.new_state(B, 16, model->options()), st_sep = gdn.new_state(B, 16, model->options());
-  at::Tensor pos = at::arange(5, at::kLong), pos1 = at::full({1}, 5, at::kLong);
   c10::InferenceMode inference;  // the packed path is for inference only
-  at::Tensor yp0, ys0, yp, ys;
-  {
-    Packing on(true);
-    yp0 = gdn.forward(prompt, pos, st_packed.get());  // a prefill chunk: the packed GEMM over 5 rows
-    yp = gdn.forward(step, pos1, st_packed.get());    // the decode step
-  }
-  {
-    Packing off(false);
-    ys0 = gdn.forward(prompt, pos, st_sep.get());
-    ys = gdn.forward(step, pos1, st_sep.get());
-  }
+  // The prefill chunk runs the packed GEMM over 5 rows, the decode step over 1.
+  auto [yp0, yp] = prefill_then_step(gdn, /*packed=*/true, prompt, step, st_packed.get());
+  auto [ys0, ys] = prefill_then_step(gdn, /*packed=*/false, prompt, step, st_sep.get());
   expect_same(yp0, ys0, D, "gdn prefill");
   expect_same(yp, ys, D, "gdn decode");
   auto& a = dynamic_cast<GatedDeltaNetState&>(*st_packed);
@@ -89,20 +92,10 @@ TEST(DecodeStepPacked, MlaLayerEqualsSeparateProjections) {
     const int64_t B = 2, D = config.hidden_size;
     at::manual_seed(4);
     at::Tensor prompt = at::randn({B, 6, D}), step = at::randn({B, 1, D});
-    at::Tensor pos = at::arange(6, at::kLong), pos1 = at::full({1}, 6, at::kLong);
     auto st_packed = mla.new_state(B, 16, model->options()), st_sep = mla.new_state(B, 16, model->options());
     c10::InferenceMode inference;  // the packed path is for inference only
-    at::Tensor yp0, ys0, yp, ys;
-    {
-      Packing on(true);
-      yp0 = mla.forward(prompt, pos, st_packed.get());
-      yp = mla.forward(step, pos1, st_packed.get());
-    }
-    {
-      Packing off(false);
-      ys0 = mla.forward(prompt, pos, st_sep.get());
-      ys = mla.forward(step, pos1, st_sep.get());
-    }
+    auto [yp0, yp] = prefill_then_step(mla, /*packed=*/true, prompt, step, st_packed.get());
+    auto [ys0, ys] = prefill_then_step(mla, /*packed=*/false, prompt, step, st_sep.get());
     const std::string tag = "mla q_rank " + std::to_string(q_rank);
     expect_same(yp0, ys0, D, tag + " prefill");
     expect_same(yp, ys, D, tag + " decode");
