@@ -6,6 +6,7 @@
 
 #include "hylo/core/result.h"
 #if HYLO_HAVE_CUDA
+#include "hylo/kernels/gqa_decode/gqa_decode.h"
 #include "hylo/kernels/mla_decode/mla_decode.h"
 #endif
 #include "hylo/ops/mla.h"
@@ -127,17 +128,26 @@ at::Tensor mla_decode_paged(const at::Tensor& q_nope, const at::Tensor& q_pe, co
   return at::matmul(ctx.reshape({s, g, rep, c}), up.w_uv.transpose(1, 2)).reshape({s, h, v});  // [S, H, Dv]
 }
 
-at::Tensor gqa_decode_paged(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-                            const at::Tensor& page_table, const at::Tensor& lengths, double scale,
-                            std::optional<int64_t> window) {
+namespace {
+
+// The operand checks both GQA entry points share; returns nothing, throws hylo::Error naming `who`.
+void check_gqa_operands(const char* who, const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                        const at::Tensor& page_table, const at::Tensor& lengths, std::optional<int64_t> window) {
   if (q.dim() != 3 || k_pages.dim() != 4 || v_pages.sizes() != k_pages.sizes() || k_pages.size(3) != q.size(2) ||
       k_pages.size(2) == 0 || q.size(1) % k_pages.size(2) != 0)
-    throw Error("gqa_decode_paged: expected q [S, Hq, Dh] and k_pages, v_pages [P, page_size, Hkv, Dh] with "
+    throw Error(std::string(who) + ": expected q [S, Hq, Dh] and k_pages, v_pages [P, page_size, Hkv, Dh] with "
                 "Hkv | Hq; got q " + shape_str(q) + ", k_pages " + shape_str(k_pages) + ", v_pages " +
                 shape_str(v_pages));
-  if (window && *window <= 0) throw Error("gqa_decode_paged: window must be positive, got " + std::to_string(*window));
+  if (window && *window <= 0)
+    throw Error(std::string(who) + ": window must be positive, got " + std::to_string(*window));
+  check_paging(who, k_pages, page_table, lengths, q.size(0));
+}
+
+// The ATen form, operands already checked.
+at::Tensor gqa_reference_checked(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                 const at::Tensor& page_table, const at::Tensor& lengths, double scale,
+                                 std::optional<int64_t> window) {
   const int64_t s = q.size(0), hq = q.size(1), dh = q.size(2), hkv = k_pages.size(2), rep = hq / hkv;
-  check_paging("gqa_decode_paged", k_pages, page_table, lengths, s);
   const at::ScalarType soft = compute_type(q.scalar_type());
   at::Tensor k = gather_paged_rows(k_pages, page_table).to(soft);                     // [S, L, Hkv, Dh]
   at::Tensor v = gather_paged_rows(v_pages, page_table).to(soft);                     // [S, L, Hkv, Dh]
@@ -151,6 +161,29 @@ at::Tensor gqa_decode_paged(const at::Tensor& q, const at::Tensor& k_pages, cons
   at::Tensor probs = masked_softmax(scores.reshape({s, hq, l}), valid.unsqueeze(1));  // [S, Hq, L]
   at::Tensor out = at::matmul(probs.reshape({s, hkv, rep, l}), v);                    // [S, Hkv, rep, Dh]
   return out.reshape({s, hq, dh}).to(q.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor gqa_decode_paged(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                            const at::Tensor& page_table, const at::Tensor& lengths, double scale,
+                            std::optional<int64_t> window) {
+  check_gqa_operands("gqa_decode_paged", q, k_pages, v_pages, page_table, lengths, window);
+#if HYLO_HAVE_CUDA
+  // On the GPU: the split-context paged kernel (kernels/gqa_decode), fp32 like the form below and graph-safe; the
+  // form below stays the reference its GPU tests compare against and serves every other case (fp64, other head
+  // dims, the CPU).
+  if (kernels::gqa_decode_paged_supported(q, k_pages, v_pages, page_table, lengths))
+    return kernels::gqa_decode_paged_cuda(q, k_pages, v_pages, page_table, lengths, scale, window.value_or(0));
+#endif
+  return gqa_reference_checked(q, k_pages, v_pages, page_table, lengths, scale, window);
+}
+
+at::Tensor gqa_decode_paged_reference(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                      const at::Tensor& page_table, const at::Tensor& lengths, double scale,
+                                      std::optional<int64_t> window) {
+  check_gqa_operands("gqa_decode_paged_reference", q, k_pages, v_pages, page_table, lengths, window);
+  return gqa_reference_checked(q, k_pages, v_pages, page_table, lengths, scale, window);
 }
 
 }  // namespace hylo::ops

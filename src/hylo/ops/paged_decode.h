@@ -41,9 +41,15 @@ at::Tensor mla_decode_paged(const at::Tensor& q_nope, const at::Tensor& q_pe, co
 // k_pages, v_pages [P, page_size, Hkv, Dh] (k after RoPE); page_table [S, max_pages] int32; lengths [S] int32.
 // Query head h reads KV head h / (Hq / Hkv); with a window W only the last W tokens [len - W, len) are attended
 // (ops/attention.h's rule for the query at position len - 1). Scores, softmax and p v in fp32 (fp64 for fp64).
-// Returns [S, Hq, Dh] in q's dtype.
+// Returns [S, Hq, Dh] in q's dtype. In CUDA builds, GPU operands that kernels::gqa_decode_paged_supported takes
+// run the split-context kernel (kernels/gqa_decode) instead of this ATen form.
 at::Tensor gqa_decode_paged(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
                             const at::Tensor& page_table, const at::Tensor& lengths, double scale,
                             std::optional<int64_t> window = std::nullopt);
+
+// The ATen form of gqa_decode_paged on any device and dtype (the reference its CUDA kernel is tested against).
+at::Tensor gqa_decode_paged_reference(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                      const at::Tensor& page_table, const at::Tensor& lengths, double scale,
+                                      std::optional<int64_t> window = std::nullopt);
 
 }  // namespace hylo::ops

@@ -1,12 +1,19 @@
 #include "hylo/ops/ssd.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "hylo/core/result.h"
 #include "hylo/ops/tensor_util.h"
+#ifdef HYLO_HAVE_CUDA
+#include "hylo/kernels/ssd/ssd_cuda.h"
+#endif
 
 namespace hylo {
 
@@ -80,18 +87,69 @@ std::pair<at::Tensor, at::Tensor> step(const at::Tensor& S, const at::Tensor& x,
   return {y, S_new};
 }
 
+// The CUDA kernels (kernels/ssd) have no backward: they run only when no input needs a gradient (inference, or
+// under NoGradGuard) and the shape and dtypes are in their supported set. Everything else -- CPU tensors, fp64,
+// unsupported dims, calls that need a gradient -- takes the ATen forms below, on the tensors' own device.
+bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+#ifdef HYLO_HAVE_CUDA
+// HYLO_SSD_KERNELS=0 sends every call to the ATen forms: the escape hatch if a kernel is ever suspected, and how
+// bench/ssd_kernels_bench.cpp times the ATen forms on the GPU. Read on every call (a few hundred ns) so that a
+// process can switch it.
+bool kernels_enabled() {
+  const char* v = std::getenv("HYLO_SSD_KERNELS");
+  return v == nullptr || std::string(v) != "0";
+}
+#endif
+
+// ssd_recurrent's result state: `S` itself, or `out` holding S's values when the caller gave one.
+at::Tensor write_state(const at::Tensor& out, const at::Tensor& S) {
+  if (!out.defined()) return S;
+  if (!out.is_same(S)) out.copy_(S);
+  return out;
+}
+
 }  // namespace
 
 SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state) {
+                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state,
+                        const at::Tensor& state_out) {
   const Dims d = check_inputs("ssd_recurrent", true, x, dt, A, B, C, D, state);
+  const bool grad = needs_grad({&x, &dt, &A, &B, &C, &D, &state});
+  if (state_out.defined()) {
+    const std::vector<int64_t> want = {d.batch, d.H, d.P, d.N};
+    if (grad || state_out.requires_grad())
+      throw Error("ssd_recurrent: state_out (an in-place state update) is only for calls that need no gradient");
+    if (!state_out.sizes().equals(want) || state_out.scalar_type() != compute_type(x.scalar_type()) ||
+        state_out.device() != x.device())
+      throw Error("ssd_recurrent: state_out must be [B, H, P, N] = " + shape_str(want) +
+                  " in " + c10::toString(compute_type(x.scalar_type())) + " on x's device, got " +
+                  shape_str(state_out) + " " + c10::toString(state_out.scalar_type()) + " on " +
+                  state_out.device().str());
+  }
+#ifdef HYLO_HAVE_CUDA
+  if (x.is_cuda() && !grad && kernels_enabled()) {
+    // The kernel takes the [B, T, ...] layout; one token is T = 1.
+    const at::Tensor xt = x.unsqueeze(1), dtt = dt.unsqueeze(1), Bt = B.unsqueeze(1), Ct = C.unsqueeze(1);
+    if (kernels::ssd_step_cuda_supports(xt, dtt, A, Bt, Ct, D, state)) {
+      // The kernel writes state_out directly when it is contiguous fp32 (in place when it is `state`).
+      SsdOutput out = kernels::ssd_step_cuda(xt, dtt, A, Bt, Ct, D, state, state_out);
+      return {out.y.squeeze(1), write_state(state_out, out.final_state)};  // y [B, H, P]
+    }
+  }
+#endif
   const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);
   at::Tensor Bh = groups_to_heads(B.to(ct), d.H, 1);                                  // [B, H, N]
   at::Tensor Ch = groups_to_heads(C.to(ct), d.H, 1);                                  // [B, H, N]
   auto [y, S] = step(initial_or_zeros(state, d, opts), x.to(ct), dt.to(ct), A.to(ct), Bh, Ch,
                      D.defined() ? D.to(ct) : D);
-  return {y.to(x.scalar_type()), S};
+  return {y.to(x.scalar_type()), write_state(state_out, S)};
 }
 
 SsdOutput ssd_naive(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
@@ -121,6 +179,12 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial_state, int64_t chunk_size) {
   const Dims d = check_inputs("ssd_chunk", false, x, dt, A, B, C, D, initial_state);
   if (chunk_size < 1) throw Error("ssd_chunk: chunk_size must be >= 1, got " + std::to_string(chunk_size));
+#ifdef HYLO_HAVE_CUDA
+  // The kernel chunks by its own size: chunk_size changes only the ATen form's rounding, not the function.
+  if (x.is_cuda() && d.T >= 1 && kernels_enabled() && !needs_grad({&x, &dt, &A, &B, &C, &D, &initial_state}) &&
+      kernels::ssd_chunk_cuda_supports(x, dt, A, B, C, D, initial_state))
+    return kernels::ssd_chunk_cuda(x, dt, A, B, C, D, initial_state);
+#endif
   const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);
   at::Tensor S0 = initial_or_zeros(initial_state, d, opts);                           // [B, H, P, N]

@@ -15,6 +15,8 @@
 //   * Everything is computed in fp32 (fp64 when x is fp64); y comes back in x's dtype, states in the compute
 //     dtype. D may be undefined (no skip term); an undefined initial state means zeros.
 //   * Autograd flows through plain ATen ops (no custom backward), so every form is differentiable.
+//   * On CUDA, ssd_chunk and ssd_recurrent run the kernels of kernels/ssd (fp32 arithmetic, same contract) when no
+//     input needs a gradient and the shape is supported; otherwise these ATen forms run, on the tensors' device.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -41,7 +43,11 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
 
 // One token: x [B, H, P], dt [B, H], A [H], B [B, G, N], C [B, Gc, N], D [H] or undefined,
 // state [B, H, P, N] or undefined (zeros). Returns y [B, H, P] and the new state (the input is not modified).
+// With state_out ([B, H, P, N] in the compute dtype on x's device; it may be `state` itself, the decode loop's
+// in-place update) the new state is written there and returned as final_state; calls that need a gradient cannot
+// use it (an Error).
 SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state);
+                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& state,
+                        const at::Tensor& state_out = {});
 
 }  // namespace hylo

@@ -1,10 +1,10 @@
 // The engine on the GPU against full-forward recomputation on the GPU (issue 9's acceptance, GPU half): a hybrid
-// shaped so that every CUDA path is taken (paged MLA decode kernel: Rkv 64, Dr 16; gated-delta step and chunk
-// kernels: Dk = Dv = 64; causal conv1d kernel; the CudaBFloat16Gdn128 target: Dk = Dv = 128, the fused GDN decode
-// kernel through the slot indices), with CUDA graphs for decode steps, several requests in mixed
-// batches, a preemption and a prefix hit. Every logits row must be as close to an fp64 CPU forward as a plain
-// forward in the same dtype is (4x its error), and every greedy token must be the full forward's argmax wherever
-// that argmax is decided by more than the tolerance. Skipped without CUDA.
+// shaped so that every CUDA path is taken (paged GQA decode kernel: head dim 64; paged MLA decode kernel: Rkv 64,
+// Dr 16; gated-delta step and chunk kernels: Dk = Dv = 64; causal conv1d kernel; the CudaBFloat16Gdn128 target:
+// Dk = Dv = 128, the fused GDN decode kernel through the slot indices), with CUDA graphs for decode steps, several
+// requests in mixed batches, a preemption and a prefix hit. Every logits row must be as close to an fp64 CPU
+// forward as a plain forward in the same dtype is (4x its error), and every greedy token must be the full forward's
+// argmax wherever that argmax is decided by more than the tolerance. Skipped without CUDA.
 #include <gtest/gtest.h>
 
 #include <ATen/Context.h>
@@ -24,6 +24,7 @@ using test::random_prompt;
 
 ModelConfig kernel_shaped_config(int64_t gdn_dim) {
   ModelConfig c = mixed_config();
+  c.layers[0].gqa.head_dim = 64;  // the paged GQA decode kernel (kernels/gqa_decode) takes D 64 or 128
   c.layers[1].mla.kv_lora_rank = 64;
   c.layers[1].mla.qk_rope_head_dim = 16;
   c.layers[2].gdn.num_heads = 2;

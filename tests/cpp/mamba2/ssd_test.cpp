@@ -116,6 +116,35 @@ TEST(Ssd, RecurrentStepEqualsNaive) {
   EXPECT_LE(max_rel_error(from_zero.y, from_zero_ref.y.select(1, 0)), 1e-14);
 }
 
+// The decode loop's in-place form: state_out = state is updated to exactly the new state the plain call returns
+// (and a separate state_out receives it); calls that need a gradient, or a state_out of the wrong shape or dtype,
+// are rejected.
+TEST(Ssd, RecurrentStateOutInPlace) {
+  auto in = make_ssd_inputs(2, 1, 4, 8, 16, 2, 4, true, 12);
+  auto tok = [](const at::Tensor& t) { return t.select(1, 0); };
+  {
+    at::NoGradGuard no_grad;
+    SsdOutput plain = ssd_recurrent(tok(in.x), tok(in.dt), in.A, tok(in.B), tok(in.C), in.D, in.state);
+    at::Tensor S = in.state.clone();
+    SsdOutput inplace = ssd_recurrent(tok(in.x), tok(in.dt), in.A, tok(in.B), tok(in.C), in.D, S, S);
+    EXPECT_TRUE(inplace.final_state.is_same(S));
+    EXPECT_TRUE(at::equal(S, plain.final_state));
+    EXPECT_TRUE(at::equal(inplace.y, plain.y));
+    at::Tensor other = at::zeros_like(in.state);
+    ssd_recurrent(tok(in.x), tok(in.dt), in.A, tok(in.B), tok(in.C), in.D, in.state, other);
+    EXPECT_TRUE(at::equal(other, plain.final_state));
+    EXPECT_THROW(ssd_recurrent(tok(in.x), tok(in.dt), in.A, tok(in.B), tok(in.C), in.D, in.state,
+                               at::zeros({2, 4, 8, 15}, in.state.options())),
+                 std::exception);
+    EXPECT_THROW(ssd_recurrent(tok(in.x), tok(in.dt), in.A, tok(in.B), tok(in.C), in.D, in.state,
+                               in.state.to(at::kFloat)),
+                 std::exception);  // fp64 inputs compute in fp64
+  }
+  at::Tensor x = tok(in.x).clone().requires_grad_(true);
+  at::Tensor S = in.state.clone();
+  EXPECT_THROW(ssd_recurrent(x, tok(in.dt), in.A, tok(in.B), tok(in.C), in.D, S, S), std::exception);
+}
+
 TEST(Ssd, ChunkPrefillSplitEqualsOnePass) {
   at::NoGradGuard no_grad;
   auto in = make_ssd_inputs(2, 150, 4, 8, 16, 2, 4, false, 21);

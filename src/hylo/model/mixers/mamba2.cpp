@@ -1,5 +1,7 @@
 #include "hylo/model/mixers/mamba2.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <string>
 
 #include "hylo/core/result.h"
@@ -131,14 +133,18 @@ at::Tensor Mamba2Mixer::forward(const at::Tensor& x, const at::Tensor& /*positio
 
   SsdOutput ssd;
   if (st && t == 1) {
-    ssd = ssd_recurrent(xs.select(1, 0), delta.select(1, 0), A, bs.select(1, 0), cs.select(1, 0), d_, st->ssm);
+    // Without autograd the step writes the state in place (the CUDA kernel reads and writes it once); with it,
+    // a new state joins the graph.
+    const bool in_place = !at::GradMode::is_enabled() && !st->ssm.requires_grad() && st->ssm.scalar_type() == ct;
+    ssd = ssd_recurrent(xs.select(1, 0), delta.select(1, 0), A, bs.select(1, 0), cs.select(1, 0), d_, st->ssm,
+                        in_place ? st->ssm : at::Tensor());
     ssd.y = ssd.y.unsqueeze(1);                                                   // [B, 1, H, P]
   } else {
     ssd = ssd_chunk(xs, delta, A, bs, cs, d_, st ? st->ssm : at::Tensor(), s.chunk_size);  // y [B, T, H, P]
   }
   if (st) {
     store_state(st->conv, conv_state);
-    store_state(st->ssm, ssd.final_state.to(st->ssm.scalar_type()));
+    if (!ssd.final_state.is_same(st->ssm)) store_state(st->ssm, ssd.final_state.to(st->ssm.scalar_type()));
   }
 
   at::Tensor y = ssd.y.reshape({b, t, di});                                       // [B, T, di]
