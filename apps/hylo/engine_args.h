@@ -85,14 +85,6 @@ inline void add_engine_options(CLI::App& app, EngineArgs& a) {
 
 // The pools needed for `sequences` sequences of `tokens_per_sequence` tokens each (plus `snapshots` snapshot
 // slots), from the engine's own per-page and per-slot sizes (CachePools::plan, which allocates nothing).
-inline int64_t pool_bytes_needed(const CausalLM& model, engine::EngineOptions options, int64_t tokens_per_sequence,
-                                 int64_t sequences, int64_t snapshots) {
-  options.memory_bytes = int64_t{1} << 40;  // a probe budget: only the unit sizes are read
-  const engine::MemoryPlan unit = engine::CachePools::plan(model, options);
-  const int64_t pages_per_sequence = (tokens_per_sequence + options.page_size - 1) / options.page_size;
-  return sequences * pages_per_sequence * unit.bytes_per_page + (sequences + snapshots) * unit.bytes_per_slot;
-}
-
 // EngineOptions from the flags, with the memory budget as given (memory_bytes 0: the GPU fraction rule) and the
 // command's defaults for max_sequences and prefix_snapshots. `cuda`: whether the model runs on a GPU.
 inline engine::EngineOptions engine_options_from_flags(const EngineArgs& a, bool cuda, int64_t default_sequences,
@@ -137,11 +129,11 @@ inline engine::EngineOptions engine_options(const EngineArgs& a, const CausalLM&
   const bool cuda = model.options().device().is_cuda();
   engine::EngineOptions o = engine_options_from_flags(a, cuda, default_sequences, default_snapshots);
   if (cuda && exact_on_gpu && o.memory_bytes == 0 && a.gpu_memory.empty()) {
-    o.memory_bytes = std::max<int64_t>(1, pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences, o.prefix_snapshots));
+    o.memory_bytes = std::max<int64_t>(1, engine::pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences));
     return o;
   }
   if (!cuda && o.memory_bytes == 0) {
-    const int64_t need = pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences, o.prefix_snapshots);
+    const int64_t need = engine::pool_bytes_needed(model, o, tokens_per_sequence, o.max_sequences);
     o.memory_bytes = std::min<int64_t>(std::max<int64_t>(need, 1), int64_t{4} << 30);
   }
   return o;

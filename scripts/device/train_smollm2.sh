@@ -12,12 +12,15 @@
 #        stashes what it carries in $W (the machine's disk, kept while the lease is warm) and measures one
 #        optimizer step of the recipe's KD and ILD batches (train_step, random weights), as many processes at once
 #        as the recipe's widest wave runs.
-#   call 2 (carry .devwork/train-2):  bash scripts/device/train_smollm2.sh start [SECONDS]
+#   call 2 (carry .devwork/train-3):  bash scripts/device/train_smollm2.sh stash
+#        the tokenized text alone: with the whole of Moby-Dick (MOBY_REST=1) it no longer fits beside the
+#        teacher's second part under one call's 64 MiB.
+#   call 3 (carry .devwork/train-2):  bash scripts/device/train_smollm2.sh start [SECONDS]
 #        reassembles the teacher, adds teacher-sampled text to the dataset (at most SAMPLE_SECONDS, default 150),
 #        upcycles the two Stage-I models and starts the run in its own session (it outlives the call while the
 #        machine is held); then waits. With SIZE_FROM_RATES=1 the recipe's token budgets are first rescaled from
 #        the measured step times so that the training takes TRAIN_SECONDS (default 900).
-#   calls 3+:                         bash scripts/device/train_smollm2.sh wait [SECONDS]
+#   calls 4+:                         bash scripts/device/train_smollm2.sh wait [SECONDS]
 #        waits up to SECONDS (default 560) for the run, printing progress; when it has finished, packs the metrics,
 #        plots, logs, the recipe used, the evaluation, the samples and the end-to-end rows (the trained hybrid
 #        against its teacher: 64K prefill, peak memory of perplexity at 32K) into $OUT/train-smollm2.tar.gz.
@@ -44,9 +47,10 @@ build() {
   source "$root/scripts/env.sh"
   cmake --preset cuda-release >/dev/null || return 1
   cmake --build "$root/build/cuda-release" -j "${HYLO_JOBS:-2}" --target hylo train_step || return 1
-  local c1="$root/.devwork/train-1" c2="$root/.devwork/train-2" text="$root/.devwork/smol-text"
-  rm -rf "$c1" "$c2" "$text"
-  mkdir -p "$c1" "$c2"
+  local c1="$root/.devwork/train-1" c2="$root/.devwork/train-2" c3="$root/.devwork/train-3"
+  local text="$root/.devwork/smol-text"
+  rm -rf "$c1" "$c2" "$c3" "$text"
+  mkdir -p "$c1" "$c2" "$c3"
   HYLO="$root/build/cuda-release/bin/hylo" bash "$root/scripts/data-smollm2-distill.sh" text "$text" || return 1
   cp "$root/build/cuda-release/bin/hylo" "$c1/hylo" && strip "$c1/hylo"
   cp "$(find "$root/build/cuda-release" -name train_step -type f -perm -u+x | head -n1)" "$c1/train_step" &&
@@ -61,8 +65,8 @@ build() {
   room=$(( 58 * 1024 * 1024 - used ))  # + the working tree (3 MB) under the 64 MiB a call carries
   head -c "$room" "$teacher" > "$c1/teacher.part1"
   tail -c +"$(( room + 1 ))" "$teacher" > "$c2/teacher.part2"
-  tar -C "$text" -cf - . | xz -T2 -6 > "$c2/text.tar.xz"
-  du -sh "$c1" "$c2"; ls -la "$c1" "$c2"
+  tar -C "$text" -cf - . | xz -T2 -6 > "$c3/text.tar.xz"
+  du -sh "$c1" "$c2" "$c3"; ls -la "$c1" "$c2" "$c3"
 }
 
 # Environment for the carried binaries on the GPU machine.
@@ -76,11 +80,12 @@ device_env() {
 # Copies what this call carried into $W.
 stash() {
   mkdir -p "$W/bin"
-  local c1="$root/.devwork/train-1" c2="$root/.devwork/train-2"
+  local c1="$root/.devwork/train-1" c2="$root/.devwork/train-2" c3="$root/.devwork/train-3"
   if [[ -d "$c1" ]]; then
     cp "$c1"/hylo "$c1"/train_step "$c1"/lib*.so* "$W/bin/" && cp "$c1"/commit.txt "$c1"/teacher.* "$W/"
   fi
-  if [[ -d "$c2" ]]; then cp "$c2"/teacher.part2 "$W/" && mkdir -p "$W/text" && xz -dc "$c2/text.tar.xz" | tar -C "$W/text" -xf -; fi
+  if [[ -d "$c2" ]]; then cp "$c2"/teacher.part2 "$W/"; fi
+  if [[ -d "$c3" ]]; then mkdir -p "$W/text" && xz -dc "$c3/text.tar.xz" | tar -C "$W/text" -xf -; fi
 }
 
 # The recipe the run uses: RECIPE (default the shipped one, a path in the repository), or the copy size_recipe wrote.
@@ -344,8 +349,9 @@ start() {
 case "$mode" in
   build) build ;;
   measure) measure ;;
+  stash) stash && du -sh "$W"/* ;;
   start) start "$@" ;;
   wait) device_env; wait_run "$@" ;;
   driver) driver ;;
-  *) echo "usage: $0 build | measure | start [SECONDS] | wait [SECONDS]" >&2; exit 2 ;;
+  *) echo "usage: $0 build | measure | stash | start [SECONDS] | wait [SECONDS]" >&2; exit 2 ;;
 esac

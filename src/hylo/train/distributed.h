@@ -92,6 +92,8 @@ class ProcessGroup {
 // Backend constructors, each in its own translation unit because each needs its library's headers
 // (distributed_gloo.cpp: gloo's, from Debian's libgloo-dev; distributed_nccl.cpp: nccl.h and CUDA's). A build
 // without them returns an error saying what to install or enable.
+// Whether this build has the CPU (Gloo) process group: false where gloo's headers were missing at configure time.
+bool has_gloo_backend();
 Result<c10::intrusive_ptr<c10d::Backend>> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store,
                                                            int rank, int world,
                                                            std::chrono::milliseconds timeout);

@@ -35,4 +35,12 @@ Result<c10::intrusive_ptr<c10d::Backend>> make_gloo_backend(const c10::intrusive
 #endif
 }
 
+bool has_gloo_backend() {
+#ifdef HYLO_HAVE_C10D_GLOO
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace hylo::train

@@ -185,6 +185,39 @@ void preemption_keeps_results_exact(bool bucketed) {
 TEST(Engine, PreemptionKeepsResultsExact) { preemption_keeps_results_exact(false); }
 TEST(Engine, PreemptionKeepsResultsExactBucketed) { preemption_keeps_results_exact(true); }
 
+// pool_bytes_needed sizes the pools to a known workload exactly: with that budget `sequences` sequences of T tokens
+// fit at once (bucketed decode's scratch page and slot counted), and with one page's bytes less they do not.
+void pool_bytes_needed_is_exact(bool bucketed) {
+  auto model = mixed_model(at::kDouble, 4);
+  EngineOptions o = for_model(*model, small_options(3, 8));
+  o.bucketed_decode_on_cpu = bucketed;
+  o.prefix_snapshots = 1;
+  const int64_t tokens = 5 * o.page_size, sequences = 3;
+  o.max_sequences = sequences;
+  o.memory_bytes = pool_bytes_needed(*model, o, tokens, sequences);
+  {
+    Engine engine(*model, o);
+    EXPECT_EQ(engine.memory_plan().pool_bytes, o.memory_bytes);
+    EXPECT_EQ(engine.memory_plan().max_tokens_per_sequence, sequences * tokens);
+    std::vector<SeqId> ids;
+    for (int i = 0; i < sequences; ++i) {
+      Request r;
+      r.prompt = random_prompt(tokens - 1, 20 + i);
+      r.max_new_tokens = 1;
+      ids.push_back(engine.submit(std::move(r)));
+    }
+    engine.run_until_done();
+    EXPECT_EQ(engine.stats().preemptions, 0);  // all three ran at once
+    for (SeqId id : ids) EXPECT_EQ(engine.result(id).output.size(), 1u);
+  }
+  o.memory_bytes -= with_pages(*model, o, 1).memory_bytes - with_pages(*model, o, 0).memory_bytes;  // one page
+  Engine smaller(*model, o);
+  EXPECT_EQ(smaller.memory_plan().max_tokens_per_sequence, sequences * tokens - o.page_size);
+}
+
+TEST(Engine, PoolBytesNeededIsExact) { pool_bytes_needed_is_exact(false); }
+TEST(Engine, PoolBytesNeededIsExactBucketed) { pool_bytes_needed_is_exact(true); }
+
 // A second turn that repeats the first turn's tokens reuses its pages and recurrent-state snapshot: fewer tokens
 // are computed and the answer is the same as without the cache.
 TEST(Engine, PrefixHitReusesPagesAndState) {

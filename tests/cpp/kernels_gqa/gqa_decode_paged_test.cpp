@@ -360,6 +360,9 @@ TEST(GqaDecodePagedKernel, Bench) {
     at::Tensor lengths = at::full({r.batch}, r.len, at::TensorOptions().dtype(at::kInt).device(at::kCUDA));
     const double scale = 1.0 / std::sqrt(double(r.sh.d));
     at::cuda::CUDAGraph graph;
+    // The inputs were written on the current stream; the side stream below does not wait for it, so without this
+    // the warm-up calls could read a page table randperm has not filled yet (ids past the pool).
+    c10::cuda::device_synchronize();
     {
       c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
       c10::cuda::CUDAStreamGuard guard(side);

@@ -17,6 +17,14 @@
 #include "hylo/train/distributed.h"
 #include "hylo/train/distributed_launch.h"
 
+// Multi-rank tests on the CPU need the Gloo process group; a build without gloo's headers (the GPU machine has no
+// libgloo-dev) skips them with the reason instead of failing on the missing backend.
+#define HYLO_REQUIRE_GLOO()                                                                     \
+  do {                                                                                          \
+    if (!::hylo::train::has_gloo_backend())                                                     \
+      GTEST_SKIP() << "this build has no Gloo process group (gloo's headers were not found)";   \
+  } while (0)
+
 namespace hylo::train::testing {
 
 namespace fs = std::filesystem;

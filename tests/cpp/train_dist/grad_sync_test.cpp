@@ -155,8 +155,14 @@ void check_all_reduce(int nproc) {
   fs::remove_all(dir);
 }
 
-TEST(GradSync, AllReduceOddBucketsTwoRanks) { check_all_reduce(2); }
-TEST(GradSync, AllReduceOddBucketsThreeRanks) { check_all_reduce(3); }
+TEST(GradSync, AllReduceOddBucketsTwoRanks) {
+  HYLO_REQUIRE_GLOO();
+  check_all_reduce(2);
+}
+TEST(GradSync, AllReduceOddBucketsThreeRanks) {
+  HYLO_REQUIRE_GLOO();
+  check_all_reduce(3);
+}
 
 // Rank body: a step's collective after which rank 1 dies (HYLO_TEST_FAILURE=exit) or hangs (=hang) before
 // the second; the other rank must end with an error that names it and the operation, which it leaves in a
@@ -225,8 +231,14 @@ void check_peer_failure(const std::string& mode) {
   fs::remove_all(dir);
 }
 
-TEST(GradSync, DeadRankEndsJobWithClearError) { check_peer_failure("exit"); }
-TEST(GradSync, HungRankEndsJobByTimeout) { check_peer_failure("hang"); }
+TEST(GradSync, DeadRankEndsJobWithClearError) {
+  HYLO_REQUIRE_GLOO();
+  check_peer_failure("exit");
+}
+TEST(GradSync, HungRankEndsJobByTimeout) {
+  HYLO_REQUIRE_GLOO();
+  check_peer_failure("hang");
+}
 
 }  // namespace
 }  // namespace hylo::train

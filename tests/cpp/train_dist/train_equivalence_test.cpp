@@ -236,6 +236,7 @@ TEST(TrainEquivalence, NegativeControlSkippingAllReduceIsOutsideTheBound) {
 }
 
 TEST(TrainEquivalence, TwoRanksEqualOneRankWithoutZero) {
+  HYLO_REQUIRE_GLOO();
   Reference ref = one_rank_reference(3);
   fs::path dir = fresh_dir("equiv_plain");
   LaunchReport rep = run_ranks("TrainTiny", 2, dir, {"HYLO_TEST_ZERO1=0", "HYLO_TEST_STEPS=3"});
@@ -245,6 +246,7 @@ TEST(TrainEquivalence, TwoRanksEqualOneRankWithoutZero) {
 }
 
 TEST(TrainEquivalence, TwoAndThreeRanksEqualOneRankWithZero1) {
+  HYLO_REQUIRE_GLOO();
   Reference ref = one_rank_reference(3);
   for (int nproc : {2, 3}) {
     fs::path dir = fresh_dir("equiv_zero" + std::to_string(nproc));
@@ -258,6 +260,7 @@ TEST(TrainEquivalence, TwoAndThreeRanksEqualOneRankWithZero1) {
 // 2 steps on 2 ranks (ZeRO-1), checkpoint, 2 more steps on 3 ranks: ownership changes, every rank finds the
 // moments of the parameters it now owns by name, and the result equals 4 steps on 1 rank.
 TEST(TrainEquivalence, ResumeWithAnotherNumberOfRanks) {
+  HYLO_REQUIRE_GLOO();
   Reference ref = one_rank_reference(4);
   fs::path dir = fresh_dir("resume"), ckpt = dir / "ckpt";
   LaunchReport a = run_ranks("TrainTiny", 2, dir, {"HYLO_TEST_ZERO1=1", "HYLO_TEST_STEPS=2", "HYLO_TEST_SAVE=" + ckpt.string()});

@@ -163,6 +163,7 @@ Reference reorder_noise(Fixture& f, const std::string& stage) {
 }
 
 TEST(TrainerDist, TwoRanksEqualOneRankThroughTheTrainer) {
+  HYLO_REQUIRE_GLOO();
   Fixture f;
   f.run_here(1, f.root / "a");
   f.run_here(2, f.root / "a2");
@@ -185,6 +186,7 @@ TEST(TrainerDist, TwoRanksEqualOneRankThroughTheTrainer) {
 // runs NCCL on one GPU) trains to exactly the parameters of one process without a group: an all-reduce over one
 // rank is the identity and ZeRO-1 gives that rank every parameter's state.
 TEST(TrainerDist, GroupOfOneEqualsOneProcess) {
+  HYLO_REQUIRE_GLOO();
   Fixture f;
   f.run_here(1, f.root / "a");
   f.run_ranks_(1, f.root / "one", /*zero1=*/true, 0, {"HYLO_DIST_GROUP_OF_ONE=1"});
@@ -213,6 +215,7 @@ TEST(TrainerDist, GroupOfOneOnTheGpuRunsNcclAndEqualsOneProcess) {
 // 2 ranks (ZeRO-1: each rank's checkpoint holds the AdamW state it owns) stopped after 2 ILD steps, resumed on
 // 1 rank, which must find every parameter's state in the two ranks' files.
 TEST(TrainerDist, ResumeOnAnotherNumberOfRanks) {
+  HYLO_REQUIRE_GLOO();
   Fixture f;
   f.run_here(1, f.root / "a");
   f.run_here(2, f.root / "a2");
@@ -230,6 +233,7 @@ TEST(TrainerDist, ResumeOnAnotherNumberOfRanks) {
 // The command line itself: `hylo train --nproc 2` (the binary beside this test's) launches two ranks and ends
 // where one rank does; a bad recipe fails once, before any rank starts.
 TEST(TrainerDist, HyloTrainNprocTwoOnTheCommandLine) {
+  HYLO_REQUIRE_GLOO();
   fs::path hylo = fs::read_symlink("/proc/self/exe").parent_path() / "hylo";
   ASSERT_TRUE(fs::exists(hylo)) << hylo << " is not built (cmake --build ... --target hylo)";
   Fixture f;

@@ -32,6 +32,17 @@ static EngineOptions with_scratch_slot(const CausalLM& model, EngineOptions o) {
   return o;
 }
 
+int64_t pool_bytes_needed(const CausalLM& model, EngineOptions options, int64_t tokens_per_sequence,
+                          int64_t sequences) {
+  options.memory_bytes = int64_t{1} << 40;  // a probe budget: only the unit sizes are read
+  const MemoryPlan unit = CachePools::plan(model, options);
+  const bool scratch = uses_bucketed_decode(model, options);  // reserve_scratch takes one slot and one page
+  const int64_t pages_per_sequence = (tokens_per_sequence + options.page_size - 1) / options.page_size;
+  const int64_t pages = sequences * pages_per_sequence + (scratch && unit.bytes_per_page > 0 ? 1 : 0);
+  const int64_t slots = sequences + (scratch ? 1 : 0) + options.prefix_snapshots;
+  return pages * unit.bytes_per_page + slots * unit.bytes_per_slot;
+}
+
 struct Engine::Impl {
   Impl(CausalLM& m, const EngineOptions& o)
       : model(m), options(o), pools(m, with_scratch_slot(m, o)),

@@ -162,6 +162,11 @@ class Engine {
   std::unique_ptr<Impl> impl_;
 };
 
+// The pool bytes an Engine(model, options) needs so that `sequences` sequences of `tokens_per_sequence` tokens each
+// run at once, counting options.prefix_snapshots and what the engine sets aside for itself (the scratch slot and
+// page of bucketed decode); options.memory_bytes is ignored. For callers that size the pools to a known workload.
+int64_t pool_bytes_needed(const CausalLM& model, EngineOptions options, int64_t tokens_per_sequence, int64_t sequences);
+
 // Convenience for single-sequence callers and tests: runs one request to completion.
 SequenceResult run_one(Engine& engine, Request request, const std::function<void(const Event&)>& on_event = {});
 
