@@ -32,7 +32,7 @@ struct BenchArgs {
   std::string dtype, device = "cpu";
   uint64_t seed = 0;
   std::string json_path, svg_path, markdown_path;
-  bool quiet = false;
+  bool quiet = false, no_warmup = false;
   EngineArgs engine;
 };
 
@@ -62,6 +62,7 @@ std::string command_line(const BenchArgs& a, const std::string& dtype) {
   if (a.engine.max_step_tokens != d.max_step_tokens) add("--max-step-tokens", std::to_string(a.engine.max_step_tokens));
   if (a.engine.prefill_chunk != d.prefill_chunk) add("--prefill-chunk", std::to_string(a.engine.prefill_chunk));
   if (a.engine.no_cuda_graphs) c += " --no-cuda-graphs";
+  if (a.no_warmup) c += " --no-warmup";
   add("--json", a.json_path);
   add("--svg", a.svg_path);
   return c;
@@ -92,6 +93,7 @@ int run_bench_command(const BenchArgs& a) {
   o.decode_tokens = a.decode_tokens;
   o.seed = a.seed;
   o.progress = !a.quiet;
+  o.warmup = !a.no_warmup;
   o.engine = engine_options_from_flags(a.engine, device.is_cuda(), /*default_sequences=*/1, /*default_snapshots=*/0);
   if (!device.is_cuda() && o.engine.memory_bytes == 0) o.engine.memory_bytes = int64_t{4} << 30;
 
@@ -140,6 +142,8 @@ CommandRun setup_bench(CLI::App& app) {
   app.add_option("--svg", a->svg_path, "write the TPOT and memory chart");
   app.add_option("--markdown", a->markdown_path, "also write the markdown report to a file");
   app.add_flag("--quiet", a->quiet, "no progress on stderr");
+  app.add_flag("--no-warmup", a->no_warmup,
+               "time each model's first point cold (default: an untimed warm-up request runs first)");
   add_engine_options(app, a->engine);
   return [a] { return run_bench_command(*a); };
 }

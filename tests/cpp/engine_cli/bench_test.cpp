@@ -89,6 +89,9 @@ TEST(Bench, MemoryFiguresFollowTheModelFormulaAndTheBudget) {
     }
     EXPECT_TRUE(m->contexts[0].fits && m->contexts[1].fits);
     EXPECT_FALSE(m->contexts[2].fits);  // 4096 tokens: beyond both budgets
+    // The untimed warm-up: one prefill chunk (16 tokens, under the smallest context 24), cold.
+    EXPECT_EQ(m->warmup_tokens, 16);
+    EXPECT_GT(m->warmup_prefill_seconds, 0);
     // Memory per sequence grows with the context, and the hybrid's more slowly.
     EXPECT_GT(m->contexts[1].sequence_bytes, m->contexts[0].sequence_bytes);
   }
@@ -120,7 +123,10 @@ TEST(Bench, ReportsSayTheSame) {
   r.dtype = "fp32";
   r.options = o;
   r.models.push_back(bench_model(*hybrid, "tiny hybrid", "hybrid", o));
-  r.models.push_back(bench_model(*hybrid, "tiny again", "model", o));
+  BenchOptions cold = o;
+  cold.warmup = false;
+  r.models.push_back(bench_model(*hybrid, "tiny again", "model", cold));
+  EXPECT_EQ(r.models[1].warmup_tokens, 0);
 
   const nlohmann::json j = to_json(r);
   ASSERT_EQ(j["models"].size(), 2u);
@@ -133,6 +139,8 @@ TEST(Bench, ReportsSayTheSame) {
   EXPECT_TRUE(m["contexts"][0]["peak_bytes"].is_null());  // CPU: n/a
   EXPECT_DOUBLE_EQ(m["contexts"][0]["tpot_ms"].get<double>(), r.models[0].contexts[0].tpot_ms);
   EXPECT_EQ(m["batches"][0]["timed_steps"].get<int64_t>(), o.decode_tokens);
+  EXPECT_EQ(m["warmup_tokens"].get<int64_t>(), 16);
+  EXPECT_TRUE(j["models"][1]["warmup_prefill_seconds"].is_null());
 
   const std::string md = to_markdown(r);
   EXPECT_NE(md.find("| tiny hybrid | 4K | does not fit (" + std::to_string(r.models[0].contexts[2].max_context) +
@@ -140,6 +148,7 @@ TEST(Bench, ReportsSayTheSame) {
             std::string::npos)
       << md;
   EXPECT_NE(md.find("tiny hybrid against tiny again"), std::string::npos);
+  EXPECT_NE(md.find("untimed warm-up request (cold prefill: tiny hybrid 16 tokens in "), std::string::npos) << md;
 
   const Result<std::string> svg = to_svg(r);
   ASSERT_TRUE(svg.ok()) << svg.error();

@@ -41,6 +41,10 @@ struct BenchOptions {
   engine::EngineOptions engine;        // page size, budget (memory_bytes / gpu_memory_fraction), chunking, graphs
   uint64_t seed = 0;                   // random prompts
   bool progress = true;                // progress bars and one line per point on stderr
+  // Before a model's first point, one untimed request (a prompt of min(prefill chunk, smallest context) tokens and
+  // a few decode steps) takes the process's one-time costs (kernel module loads, cuBLAS handles and heuristics,
+  // first graph captures), which would otherwise land in whichever point comes first.
+  bool warmup = true;
   // Called after every point with what is known so far (the CLI rewrites its files, so that a run cut short by a
   // time limit keeps its finished points).
   std::function<void(const BenchReport&)> on_update;
@@ -93,6 +97,8 @@ struct ModelReport {
   int64_t budget_bytes = 0;            // pools may use (the same rule for every model)
   int64_t max_context = 0;             // longest single sequence in the budget (INT64_MAX: no paged layers)
   double weight_bytes = kNaN;          // CUDA: allocated after building the model; NaN on the CPU
+  int64_t warmup_tokens = 0;           // the warm-up's prompt (0: none ran)
+  double warmup_prefill_seconds = kNaN;  // its prefill, cold: the one-time costs plus that prompt's own time
   std::vector<ContextPoint> contexts;
   std::vector<BatchPoint> batches;
 };

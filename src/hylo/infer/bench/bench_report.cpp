@@ -54,7 +54,19 @@ std::string to_markdown(const BenchReport& r) {
   if (!r.options.contexts.empty()) {
     o << "\nBatch 1: a random prompt of `context` tokens, then " << r.options.decode_tokens
       << " greedy tokens (TPOT: median decode step; memory: the sequence's pages and state slot; peak: the CUDA "
-         "caching allocator's, weights included)\n\n";
+         "caching allocator's, weights included)";
+    if (r.options.warmup)
+      o << "; each model first ran an untimed warm-up request (cold prefill: "
+        << [&] {
+             std::string w;
+             for (const auto& m : r.models)
+               if (m.warmup_tokens)
+                 w += (w.empty() ? "" : ", ") + m.name + " " + format_count(m.warmup_tokens) + " tokens in " +
+                      fixed(m.warmup_prefill_seconds, 3) + " s";
+             return w.empty() ? std::string("none ran") : w;
+           }()
+        << ")";
+    o << "\n\n";
     o << "| model | context | prefill s | prefill tok/s | TPOT ms | sequence memory | peak memory |\n"
          "|---|---|---|---|---|---|---|\n";
     for (const auto& m : r.models)
@@ -134,7 +146,9 @@ nlohmann::json to_json(const BenchReport& r) {
                          {"page_size", m.page_size},
                          {"budget_bytes", m.budget_bytes},
                          {"max_context", count(m.max_context)},
-                         {"weight_bytes", number(m.weight_bytes)}};
+                         {"weight_bytes", number(m.weight_bytes)},
+                         {"warmup_tokens", m.warmup_tokens},
+                         {"warmup_prefill_seconds", number(m.warmup_prefill_seconds)}};
     jm["contexts"] = nlohmann::json::array();
     for (const auto& p : m.contexts)
       jm["contexts"].push_back({{"context", p.context},

@@ -291,6 +291,17 @@ ModelReport bench_model(CausalLM& model, const std::string& name, const std::str
                  format_bytes(static_cast<double>(r.budget_bytes)).c_str(),
                  r.max_context == INT64_MAX ? "unlimited" : std::to_string(r.max_context).c_str());
 
+  if (o.warmup && !o.contexts.empty()) {
+    BenchOptions quiet = o;
+    quiet.progress = false;
+    quiet.decode_tokens = 4;
+    const int64_t tokens = std::min(o.engine.prefill_chunk, *std::min_element(o.contexts.begin(), o.contexts.end()));
+    const ContextPoint w = run_context(model, name, quiet, unit, r.max_context, tokens);
+    if (w.fits && w.error.empty()) r.warmup_tokens = tokens, r.warmup_prefill_seconds = w.prefill_seconds;
+    if (o.progress && r.warmup_tokens)
+      std::fprintf(stderr, "[bench] %s warm-up: %s tokens, prefill %.3f s (cold, not counted)\n", name.c_str(),
+                   format_count(tokens).c_str(), r.warmup_prefill_seconds);
+  }
   for (int64_t context : o.contexts) {
     ContextPoint p = run_context(model, name, o, unit, r.max_context, context);
     if (o.progress) {
