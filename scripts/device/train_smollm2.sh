@@ -7,7 +7,7 @@
 # run side by side as `hylo train --stage` processes (the card is mostly idle between one process's launches).
 #
 #   bash scripts/device/train_smollm2.sh build         here: cuda-release hylo + train_step, the tokenized text
-#                                                      dataset, and two carry folders .devwork/train-1 and -2
+#                                                      dataset, and carry folders .devwork/train-1, -2 and -3
 #   call 1 (carry .devwork/train-1):  bash scripts/device/train_smollm2.sh measure
 #        stashes what it carries in $W (the machine's disk, kept while the lease is warm) and measures one
 #        optimizer step of the recipe's KD and ILD batches (train_step, random weights), as many processes at once
@@ -25,6 +25,8 @@
 #        plots, logs, the recipe used, the evaluation, the samples and the end-to-end rows (the trained hybrid
 #        against its teacher: 64K prefill, peak memory of perplexity at 32K) into $OUT/train-smollm2.tar.gz.
 # A call that finds the run still going leaves it going: call `wait` again within the lease's warm window (30 s).
+# Without training (issue 8's end-to-end rows on the freshly upcycled hybrid): calls carrying train-1 and train-3
+# run `stash`, then one carrying train-2 runs `e2e`: the e2e-* files come back in $OUT.
 # Environment: RECIPE (a path in the repository), MOBY_REST and NUM_SAMPLES (scripts/data-smollm2-distill.sh),
 # SIZE_FROM_RATES, TRAIN_SECONDS, ILD_SHARE, SAMPLE_SECONDS, GROUP_OF_ONE_STAGES (stage names run as a one-rank
 # data-parallel job: NCCL on the GPU), GEN_SECONDS (the sampler starts no sample after it; default SAMPLE_SECONDS - 40).
@@ -239,7 +241,7 @@ driver() {
         echo
       done
     done > "$W/samples.txt"
-    [[ "$DEV" == cuda ]] && end_to_end "$hylo" "$(tail -n 1 <<< "$leaves")"
+    [[ "$DEV" == cuda ]] && end_to_end "$hylo" "$W/run/$(tail -n 1 <<< "$leaves")/final" "$(tail -n 1 <<< "$leaves")"
   fi
   echo "$rc" > "$W/DONE"
 }
@@ -247,18 +249,38 @@ driver() {
 # Issue 8's end-to-end rows with the trained hybrid (the last leaf stage) and its teacher, bf16, batch 1: prefill of a
 # 64K-token prompt (`hylo bench`, both in one process) and the peak GPU memory of scoring the held-out text in 32K
 # windows one at a time (`hylo perplexity`). Outputs: $W/e2e-*.
+# end_to_end HYLO MODEL NAME: MODEL (a hybrid) against the teacher: 64K prefill and decode, peak memory of
+# perplexity at 32K windows; files $W/e2e-*.
 end_to_end() {
-  local hylo="$1" leaf="$2" m name
-  "$hylo" bench "$W/run/$leaf/final" --teacher "$HYLO_TEACHER_GGUF" --contexts 64K --teacher-contexts 64K \
+  local hylo="$1" model="$2" label="$3" m name
+  "$hylo" bench "$model" --teacher "$HYLO_TEACHER_GGUF" --contexts 64K --teacher-contexts 64K \
     --decode-tokens 16 --device cuda --prefill-chunk 16384 --max-step-tokens 16384 --json "$W/e2e-bench.json" \
     --markdown "$W/e2e-bench.md" > "$W/e2e-bench.log" 2>&1
   say "e2e bench exit $?" >> "$W/driver.log"
-  for m in "$W/run/$leaf/final" "$HYLO_TEACHER_GGUF"; do
-    name="$([[ "$m" == "$HYLO_TEACHER_GGUF" ]] && echo teacher || echo "$leaf")"
+  for m in "$model" "$HYLO_TEACHER_GGUF"; do
+    name="$([[ "$m" == "$HYLO_TEACHER_GGUF" ]] && echo teacher || echo "$label")"
     "$hylo" perplexity "$m" "$W/text/heldout.txt" --context 32768 --dtype bf16 --device cuda --max-sequences 1 \
       --json > "$W/e2e-perplexity-$name.json" 2> "$W/e2e-perplexity-$name.log"
     say "e2e perplexity 32K $name exit $?" >> "$W/driver.log"
   done
+}
+
+# Issue 8's end-to-end rows without a training run: the freshly upcycled hybrid (speed and memory depend on the
+# shapes, not on the weights' values) against its teacher, after calls that carried train-1 and train-3 (stash).
+e2e_fresh() {
+  stash
+  device_env
+  assemble_teacher || exit 1
+  "$W/bin/hylo" upcycle "$W/teacher.gguf" --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" \
+    --out "$W/e2e-hybrid" --no-progress > "$W/e2e-upcycle.log" 2>&1 || { say "upcycle failed"; tail "$W/e2e-upcycle.log"; exit 1; }
+  end_to_end "$W/bin/hylo" "$W/e2e-hybrid" upcycled
+  local out="${OUT:-$W/out}" f
+  mkdir -p "$out"
+  for f in "$W"/e2e-bench.md "$W"/e2e-bench.json "$W"/e2e-perplexity-*.json "$W"/driver.log; do
+    [[ -f "$f" ]] && cp "$f" "$out/"
+  done
+  cat "$W/e2e-bench.md" "$W"/e2e-perplexity-*.json
+  for f in "$W"/e2e-perplexity-*.log; do echo "$f: $(last_lines "$f" 2)"; done
 }
 
 # last_lines FILE N: the last N non-empty lines of a log whose progress bars redraw with carriage returns.
@@ -308,14 +330,19 @@ wait_run() {
   fi
 }
 
+# The teacher GGUF from its two carried parts, checked against the sha256 computed here.
+assemble_teacher() {
+  cat "$W/teacher.part1" "$W/teacher.part2" > "$W/teacher.gguf"
+  if [[ "$(sha256sum "$W/teacher.gguf" | cut -d' ' -f1)" != "$(cat "$W/teacher.sha256")" ]]; then
+    say "teacher: reassembled file has the wrong sha256"; return 1
+  fi
+}
+
 start() {
   local budget="${1:-540}" t0=$SECONDS
   stash
   device_env
-  cat "$W/teacher.part1" "$W/teacher.part2" > "$W/teacher.gguf"
-  if [[ "$(sha256sum "$W/teacher.gguf" | cut -d' ' -f1)" != "$(cat "$W/teacher.sha256")" ]]; then
-    say "teacher: reassembled file has the wrong sha256"; exit 1
-  fi
+  assemble_teacher || exit 1
   say "teacher ok; dataset: teacher samples added on the GPU"
   # Teacher-sampled continuations of seeded slices of the training text (prompts masked out of the loss).
   mkdir -p "$W/run-inputs"
@@ -350,8 +377,9 @@ case "$mode" in
   build) build ;;
   measure) measure ;;
   stash) stash && du -sh "$W"/* ;;
+  e2e) e2e_fresh ;;
   start) start "$@" ;;
   wait) device_env; wait_run "$@" ;;
   driver) driver ;;
-  *) echo "usage: $0 build | measure | stash | start [SECONDS] | wait [SECONDS]" >&2; exit 2 ;;
+  *) echo "usage: $0 build | measure | stash | start [SECONDS] | wait [SECONDS] | e2e" >&2; exit 2 ;;
 esac

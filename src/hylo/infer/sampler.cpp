@@ -1,5 +1,8 @@
 #include "hylo/infer/sampler.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -108,29 +111,65 @@ at::Tensor process_logits(const at::Tensor& logits, std::span<const int64_t> his
   return x;
 }
 
-int64_t sample_from_processed(const at::Tensor& processed, double u) {
-  at::Tensor host = processed.reshape({-1}).to(at::kCPU, at::kFloat).contiguous();  // [V] fp32
-  const float* x = host.data_ptr<float>();
-  const int64_t vocab = host.numel();
+int64_t sample_from_kept(std::span<const int64_t> index, std::span<const float> value, double u) {
   float max = kMasked;
-  for (int64_t i = 0; i < vocab; ++i)
-    if (x[i] > max) max = x[i];
-  if (!(max > kMasked) || std::isnan(max))
-    throw Error("sampler: every logit is masked or NaN; nothing to sample");
+  for (float v : value)
+    if (v > max) max = v;
+  if (!(max > kMasked)) throw Error("sampler: every logit is masked or NaN; nothing to sample");
   // Unnormalised weights in fp64, summed in index order: the same logits give the same token on any device.
   double total = 0.0;
-  for (int64_t i = 0; i < vocab; ++i)
-    if (x[i] > kMasked) total += std::exp(static_cast<double>(x[i]) - max);
+  for (float v : value)
+    if (v > kMasked) total += std::exp(static_cast<double>(v) - max);
   const double target = u * total;
   double cum = 0.0;
   int64_t last = -1;
-  for (int64_t i = 0; i < vocab; ++i) {
-    if (!(x[i] > kMasked)) continue;
-    cum += std::exp(static_cast<double>(x[i]) - max);
-    last = i;
-    if (cum > target) return i;
+  for (size_t i = 0; i < value.size(); ++i) {
+    if (!(value[i] > kMasked)) continue;
+    cum += std::exp(static_cast<double>(value[i]) - max);
+    last = index[i];
+    if (cum > target) return index[i];
   }
   return last;  // only reached through rounding when u is within an ulp of 1
+}
+
+int64_t sample_from_processed(const at::Tensor& processed, double u) {
+  at::Tensor host = processed.reshape({-1}).to(at::kCPU, at::kFloat).contiguous();  // [V] fp32
+  const float* x = host.data_ptr<float>();
+  std::vector<int64_t> index;
+  std::vector<float> value;
+  for (int64_t i = 0; i < host.numel(); ++i)
+    if (x[i] > kMasked) index.push_back(i), value.push_back(x[i]);  // NaN and -inf are never chosen
+  return sample_from_kept(index, value, u);
+}
+
+std::vector<int64_t> sample_rows_from_processed(const at::Tensor& processed, std::span<const double> u) {
+  if (processed.dim() != 2 || processed.size(0) != static_cast<int64_t>(u.size()))
+    throw Error("sampler: expected processed logits [N, V] with one uniform per row");
+  // Only the kept entries leave the device ([K, 2] (row, column) in row-major order, and their values): after
+  // top-p / top-k that is a few hundred per row instead of the whole vocabulary.
+  const at::Tensor x = processed.to(at::kFloat);
+  const at::Tensor where = (x > kMasked).nonzero();                                        // [K, 2]
+  const at::Tensor kept = x.index({where.select(1, 0), where.select(1, 1)}).to(at::kCPU);  // [K]
+  const at::Tensor rc = where.to(at::kCPU).contiguous();
+  const auto n = static_cast<size_t>(processed.size(0)), k = static_cast<size_t>(rc.size(0));
+  const int64_t* row_col = rc.data_ptr<int64_t>();
+  const float* val = kept.contiguous().data_ptr<float>();
+  // Row r's entries are [begin[r], begin[r + 1]) of the K kept ones (an empty row gets an empty range).
+  std::vector<int64_t> col(k);
+  std::vector<size_t> begin(n + 1, k);
+  for (size_t i = k; i-- > 0;) {
+    col[i] = row_col[2 * i + 1];
+    begin[static_cast<size_t>(row_col[2 * i])] = i;
+  }
+  for (size_t r = n; r-- > 0;) begin[r] = std::min(begin[r], begin[r + 1]);
+  std::vector<int64_t> token(n);
+  at::parallel_for(0, static_cast<int64_t>(n), 1, [&](int64_t lo, int64_t hi) {
+    for (auto r = static_cast<size_t>(lo); r < static_cast<size_t>(hi); ++r) {
+      const size_t b = begin[r], len = begin[r + 1] - b;
+      token[r] = sample_from_kept(std::span(col).subspan(b, len), std::span(val + b, len), u[r]);
+    }
+  });
+  return token;
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), engine_(params.seed) { params_.validate(); }

@@ -12,6 +12,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace hylo {
 
@@ -44,6 +45,12 @@ at::Tensor apply_min_p(const at::Tensor& logits, double min_p);
 // whose cumulative probability (summed in fp64 on the host, in index order) exceeds u. Masked (-inf) entries
 // are never chosen.
 int64_t sample_from_processed(const at::Tensor& processed, double u);
+// The same choice from only the kept (not masked, not NaN) entries of a row: their indices in increasing order and
+// their values.
+int64_t sample_from_kept(std::span<const int64_t> index, std::span<const float> value, double u);
+// sample_from_processed for every row of processed [N, V] (on any device) with u[r] for row r; only the kept entries
+// are copied to the host.
+std::vector<int64_t> sample_rows_from_processed(const at::Tensor& processed, std::span<const double> u);
 
 class Sampler {
  public:

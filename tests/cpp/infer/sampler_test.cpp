@@ -309,6 +309,37 @@ TEST(Sampler, InverseCdfSkipsMaskedTokens) {
   EXPECT_THROW(sample_from_processed(to_tensor(std::vector<double>(4, -kInf)), 0.5), std::exception);
 }
 
+// The batched draw (only kept entries leave the device) chooses what the row-by-row draw chooses: rows with top-k
+// and top-p masks, a row with NaN entries, a row with one kept token, and a row with everything kept.
+void expect_rows_match_one_by_one(at::Device device) {
+  const int64_t n = 7, vocab = 300;
+  at::Tensor x = at::randn({n, vocab}, at::detail::createCPUGenerator(5), at::kFloat);
+  x.slice(0, 0, 3) = apply_top_p(apply_top_k(x.slice(0, 0, 3), 40), 0.9);
+  x[3].index_put_({at::arange(0, vocab, 3)}, std::numeric_limits<float>::quiet_NaN());
+  x[4].fill_(-kInf);
+  x[4][123] = 2.0f;
+  x.slice(0, 5, 6) = apply_top_p(x.slice(0, 5, 6), 0.5);
+  std::vector<double> u = {0.0, 0.3, 0.999, 0.5, 0.7, std::nextafter(1.0, 0.0), 0.25};
+  const std::vector<int64_t> rows = sample_rows_from_processed(x.to(device), u);
+  ASSERT_EQ(rows.size(), static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) {
+    const auto i = static_cast<size_t>(r);
+    EXPECT_EQ(rows[i], sample_from_processed(x[r], u[i])) << "row " << r;
+  }
+  EXPECT_EQ(rows[4], 123);
+  at::Tensor empty = x.clone();
+  empty[2].fill_(-kInf);
+  EXPECT_THROW(sample_rows_from_processed(empty.to(device), u), std::exception);
+  EXPECT_THROW(sample_rows_from_processed(x.to(device), std::vector<double>(3, 0.5)), std::exception);
+}
+
+TEST(Sampler, RowsFromProcessedEqualOneByOne) { expect_rows_match_one_by_one(at::kCPU); }
+
+TEST(Sampler, RowsFromProcessedOnCudaEqualOneByOne) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  expect_rows_match_one_by_one(at::Device(at::kCUDA));
+}
+
 std::vector<int64_t> draw(const SamplingParams& p, int n, at::Device device) {
   Sampler sampler(p);
   std::vector<int64_t> ids;

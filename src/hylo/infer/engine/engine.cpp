@@ -134,14 +134,10 @@ std::vector<int64_t> Engine::Impl::sample_rows(const std::vector<Sequence*>& pic
     at::Tensor x = logits.index_select(0, at::tensor(rows, at::kLong).to(logits.device())).to(at::kFloat);  // [G, V]
     if (temperature != 1.0) x = x / temperature;
     x = apply_min_p(apply_top_p(apply_top_k(x, top_k), top_p), min_p);
-    const at::Tensor host = x.to(at::kCPU).contiguous();  // [G, V] fp32
-    const auto G = static_cast<int64_t>(rows.size());
     std::vector<double> u(rows.size());
     for (size_t g = 0; g < rows.size(); ++g) u[g] = pickers[static_cast<size_t>(rows[g])]->sampler->draw_uniform();
-    at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g)
-        token[static_cast<size_t>(rows[static_cast<size_t>(g)])] = sample_from_processed(host[g], u[static_cast<size_t>(g)]);
-    });
+    const std::vector<int64_t> chosen = sample_rows_from_processed(x, u);
+    for (size_t g = 0; g < rows.size(); ++g) token[static_cast<size_t>(rows[g])] = chosen[g];
   }
   return token;
 }
