@@ -274,6 +274,11 @@ e2e_fresh() {
   "$W/bin/hylo" upcycle "$W/teacher.gguf" --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" \
     --out "$W/e2e-hybrid" --no-progress > "$W/e2e-upcycle.log" 2>&1 || { say "upcycle failed"; tail "$W/e2e-upcycle.log"; exit 1; }
   end_to_end "$W/bin/hylo" "$W/e2e-hybrid" upcycled
+  # The teacher's sampling throughput as the training run's data step uses it (GEN_SECONDS of sampling).
+  local gen_s="${GEN_SECONDS:-40}"
+  GEN_SECONDS="$gen_s" timeout $(( gen_s + 60 )) bash "$root/scripts/data-smollm2-distill.sh" distill "$W/text" \
+    "$W/e2e-data" --device cuda --dtype bf16 > "$W/e2e-data.log" 2>&1
+  say "e2e sampling exit $?: $(tr '\r' '\n' < "$W/e2e-data.log" | grep -o 'teacher: .*' | tail -n 1)" >> "$W/driver.log"
   local out="${OUT:-$W/out}" f
   mkdir -p "$out"
   for f in "$W"/e2e-bench.md "$W"/e2e-bench.json "$W"/e2e-perplexity-*.json "$W"/driver.log; do
