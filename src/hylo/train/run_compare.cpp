@@ -116,15 +116,18 @@ std::vector<RunComparison> compare_runs(const std::vector<RunCurves>& runs) {
 }
 
 std::string comparison_markdown(const std::vector<RunComparison>& rows) {
+  const std::string base = rows.empty() ? std::string("first") : rows[0].label;
   std::ostringstream o;
-  o << "| run | last step | last train loss | last held-out loss | tokens/s | peak GPU GiB | largest train-loss difference from "
-    << (rows.empty() ? std::string("first") : rows[0].label)
-    << " (relative) | largest held-out difference | common logged steps |\n|---|---|---|---|---|---|---|---|---|\n";
-  for (const auto& r : rows)
+  o << "| run | last step | last train loss | last held-out loss | tokens/s | peak GPU GiB | largest train-loss "
+    << "difference from " << base << " (relative) | largest held-out difference | common logged steps |\n"
+    << "|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& r : rows) {
+    const std::string peak = r.peak_gpu_bytes > 0 ? num(r.peak_gpu_bytes / (1 << 30), "%.2f") : "-";
     o << "| " << r.label << " | " << r.last_step << " | " << num(r.last_loss) << " | " << num(r.last_heldout) << " | "
-      << num(r.tokens_per_s, "%.0f") << " | " << (r.peak_gpu_bytes > 0 ? num(r.peak_gpu_bytes / (1 << 30), "%.2f") : "-")
-      << " | " << num(r.max_loss_diff) << " (" << num(100 * r.max_loss_rel_diff, "%.2f%%") << ") | "
-      << num(r.max_heldout_diff) << " | " << r.common_steps << " |\n";
+      << num(r.tokens_per_s, "%.0f") << " | " << peak << " | " << num(r.max_loss_diff) << " ("
+      << num(100 * r.max_loss_rel_diff, "%.2f%%") << ") | " << num(r.max_heldout_diff) << " | " << r.common_steps
+      << " |\n";
+  }
   return o.str();
 }
 
