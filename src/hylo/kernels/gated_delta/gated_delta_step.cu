@@ -11,6 +11,7 @@
 
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
+#include "hylo/kernels/common/warp.cuh"
 #include "hylo/kernels/gated_delta/gated_delta_cuda.h"
 
 namespace hylo::kernels {
@@ -21,12 +22,6 @@ constexpr int kWarps = 4;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
 struct StepArgs {
   const void *q, *k, *v, *g, *beta;  // [B, T, H, Dk] x2, [B, T, H, Dv], [B, T, H] x2
   ElemType tq, tk, tv, tg, tb;
@@ -36,14 +31,6 @@ struct StepArgs {
   int64_t T, H, Dv;
   float scale;
 };
-
-// The column of S (and of q, k) that lane `lane` holds in its slot j < NPL.
-template <int NPL>
-__device__ __forceinline__ int lane_col(int lane, int j) {
-  if constexpr (NPL % 4 == 0) return (j / 4) * 128 + lane * 4 + (j % 4);
-  else if constexpr (NPL == 2) return lane * 2 + j;
-  else return j * 32 + lane;
-}
 
 // NPL = Dk / 32 columns per lane.
 template <int NPL>

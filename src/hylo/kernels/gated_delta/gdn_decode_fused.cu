@@ -19,6 +19,7 @@
 #include "hylo/core/result.h"
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
+#include "hylo/kernels/common/warp.cuh"
 #include "hylo/kernels/gated_delta/gdn_decode_fused.h"
 
 namespace hylo::kernels {
@@ -47,12 +48,6 @@ struct FusedArgs {
   int H;
   float scale, eps;
 };
-
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
 
 __device__ __forceinline__ float silu(float y) { return y / (1.0f + __expf(-y)); }
 __device__ __forceinline__ float round_bf16(float y) { return __bfloat162float(__float2bfloat16(y)); }

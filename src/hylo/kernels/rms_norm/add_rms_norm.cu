@@ -8,6 +8,7 @@
 #include <string>
 
 #include "hylo/kernels/common/cuda_check.h"
+#include "hylo/kernels/common/warp.cuh"
 #include "hylo/kernels/rms_norm/add_rms_norm.h"
 
 namespace hylo::kernels {
@@ -15,12 +16,6 @@ namespace hylo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
 
 // The round trip through the storage dtype that ATen applies between ops (identity for fp32).
 template <typename T> __device__ __forceinline__ float rounded(float v) { return static_cast<float>(T(v)); }

@@ -12,6 +12,7 @@
 
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
+#include "hylo/kernels/common/warp.cuh"
 #include "hylo/kernels/ssd/ssd_cuda.h"
 #include "hylo/kernels/ssd/ssd_inputs.cuh"
 
@@ -24,20 +25,6 @@ using ssd::SsdArgs;
 constexpr int kWarps = 4;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// The column of S (and of B, C) that lane `lane` holds in its slot j < NPL.
-template <int NPL>
-__device__ __forceinline__ int lane_col(int lane, int j) {
-  if constexpr (NPL % 4 == 0) return (j / 4) * 128 + lane * 4 + (j % 4);
-  else if constexpr (NPL == 2) return lane * 2 + j;
-  else return j * 32 + lane;
-}
 
 // Grid (ceil(P / kRowsPerBlock), B * H); NPL = N / 32 columns per lane.
 template <int NPL>
