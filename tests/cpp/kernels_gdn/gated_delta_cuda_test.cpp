@@ -139,10 +139,14 @@ TEST(GatedDeltaCuda, ChunkDefaultAndEarlierKernelsAgree) {
       ::unsetenv("HYLO_GDN_OUTPUT_KERNEL");
       return r;
     };
-    const GatedDeltaOutput now = run(nullptr, nullptr), shr = run("shared", nullptr), tiles = run(nullptr, "tiles");
+    // Each walk forced (the default picks one by Dk), and the earlier output pass beside the default one.
+    const GatedDeltaOutput now = run("registers", nullptr), shr = run("shared", nullptr),
+                           tiles = run("registers", "tiles");
     const double eo = rel_err(now.o, shr.o), es = rel_err(now.final_state, shr.final_state);
     const double to = rel_err(now.o, tiles.o), ts = rel_err(now.final_state, tiles.final_state);
-    std::printf("  default vs earlier kernels T=%ld H=%ld Dk=%ld Dv=%ld P=%d: shared walk o %.2e state %.2e, "
+    const GatedDeltaOutput dflt = run(nullptr, nullptr);
+    EXPECT_TRUE(at::equal(dflt.o, Dk <= 128 ? now.o : shr.o)) << "the default walk is registers up to Dk 128";
+    std::printf("  register vs shared walk T=%ld H=%ld Dk=%ld Dv=%ld P=%d: o %.2e state %.2e, "
                 "per-tile output o %.2e state %.2e\n", long(T), long(H), long(Dk), long(Dv), P, eo, es, to, ts);
     EXPECT_LE(eo, kChunkFloor);
     EXPECT_LE(es, kChunkFloor);

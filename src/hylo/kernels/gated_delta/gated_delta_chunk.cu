@@ -753,12 +753,18 @@ bool stage_times() {
   return on;
 }
 
-// HYLO_GDN_STATE_KERNEL=shared: the state walk that keeps S in shared memory (state_kernel, 8 warps, S loaded and
-// stored as fp32 every chunk) instead of the register-resident one (state_reg_kernel); both compute the same
-// recursion, kept side by side to compare them in one run (read at every call, so a test can switch it).
-bool shared_state_walk() {
+// Which state walk runs: the register-resident one (state_reg_kernel) or the one that keeps S in shared memory
+// (state_kernel, 8 warps, S loaded and stored as fp32 every chunk); both compute the same recursion. Measured on the
+// H200 at 64K tokens (docs/benchmarks.md, "Tried: the state walk with the state in registers"): registers win at
+// Dk 128 (0.60 -> 0.48 ms with segments, 6.26 -> 5.02 ms without) and lose at Dk 256, where the kernel needs 255
+// registers and spills (5.83 -> 9.05 ms), so the default is registers up to Dk 128. HYLO_GDN_STATE_KERNEL=shared or
+// =registers forces one (read at every call, so a test can switch it).
+template <int DK>
+bool register_state_walk() {
   const char* e = std::getenv("HYLO_GDN_STATE_KERNEL");
-  return e != nullptr && std::string(e) == "shared";
+  if (e != nullptr && std::string(e) == "shared") return false;
+  if (e != nullptr && std::string(e) == "registers") return true;
+  return DK <= 128;
 }
 
 struct StatesAndSegments {
@@ -795,7 +801,7 @@ StatesAndSegments states(const at::Tensor& k, const at::Tensor& v, const at::Ten
   }
   if (ev) cudaEventRecord(ev[1], stream);
 
-  const bool reg = !shared_state_walk();
+  const bool reg = register_state_walk<DK>();
   const int64_t bv = reg ? kRegRows : BV;  // rows of S per state block
   const int P = choose_segments(NC, BH * (Dv / bv), segments);
   const int64_t cps = (NC + P - 1) / P;
@@ -875,7 +881,7 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     for (int i = 0; i < 4; ++i) cudaEventElapsedTime(&t[i], ev[i], ev[i + 1]);
     std::fprintf(stderr, "gdn_stages T %ld H %ld Dk %d Dv %ld P %d walk %s: prep %.3f ms, segment M/N + scan %.3f ms, "
                  "states %.3f ms, output %.3f ms\n", long(T), long(H), DK, long(Dv), P,
-                 shared_state_walk() ? "shared" : "reg", t[0], t[1], t[2], t[3]);
+                 register_state_walk<DK>() ? "reg" : "shared", t[0], t[1], t[2], t[3]);
     for (auto& e : ev) cudaEventDestroy(e);
   }
   return {o, st.s.final_state};
