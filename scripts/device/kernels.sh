@@ -40,6 +40,7 @@ build() {
   mapfile -t cu < <(find "$root/src/hylo/kernels" -name '*.cu' | sort)
   mapfile -t cpp < <(find "$root/src/hylo/kernels" -name '*.cpp' | sort)
   cpp+=("$root/src/hylo/ops/gated_delta.cpp" "$root/src/hylo/ops/causal_conv1d.cpp" "$root/src/hylo/ops/tensor_util.cpp")
+  [[ -f "$root/src/hylo/ops/ssd.cpp" ]] && cpp+=("$root/src/hylo/ops/ssd.cpp")  # bench/ssd_kernels_bench links against it
   local tests=("${@:-kernels_gdn}") t
   local objs=() pids=() f o
   compile() {  # compile SRC OBJ, unless OBJ is newer than SRC and every project header it included (OBJ.d)

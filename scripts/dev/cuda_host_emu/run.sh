@@ -39,7 +39,10 @@ g++ -o "$out/gdn_autograd_check" "$out/gdn_autograd_check.o" "${kobj[@]}" "${lib
 if (( $# )); then
   "$out/gdn_chunk_check" "$@"
 else
-  for c in "1 130 1 64 64 1 1 1" "1 130 1 64 64 3 1 1" "2 70 2 128 128 1 1 0" "1 65 1 256 64 1 0 1"; do
+  # The last four: several 64-row blocks of the state walk and value tiles of the output (Dv 128 / 192), one chunk,
+  # two chunks in two segments, an odd chunk count with Dk 256.
+  for c in "1 130 1 64 64 1 1 1" "1 130 1 64 64 3 1 1" "2 70 2 128 128 1 1 0" "1 65 1 256 64 1 0 1" \
+           "1 200 1 64 192 1 1 0" "1 64 1 128 128 1 1 0" "1 128 1 64 128 2 1 1" "1 129 1 256 128 1 1 0"; do
     echo "== B T H Dk Dv P state d_final: $c"
     # shellcheck disable=SC2086
     "$out/gdn_chunk_check" $c

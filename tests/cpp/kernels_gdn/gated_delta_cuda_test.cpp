@@ -16,7 +16,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "../gdn/gdn_test_util.h"
 #include "cuda_test_util.h"
@@ -102,6 +105,54 @@ TEST(GatedDeltaCuda, ChunkContextParallelEqualsOneSegment) {
   for (int P : {1, 3, 4, 16}) check_chunk(c, at::kBFloat16, at::kBFloat16, P, 99);
   check_chunk({1, 2049, 1, 256, 512, true}, at::kBFloat16, at::kBFloat16, 8, 100);
   check_chunk({1, 700, 3, 64, 64, false}, at::kBFloat16, at::kBFloat16, 5, 101);
+}
+
+// The state walk's tiling: 64 rows of S per block (4 warps x 16 value channels, S in registers), so Dv 256 / 512
+// give 4 / 8 blocks per head; long sequences (64+ chunks) with one segment and with the automatic choice, at the
+// benchmark's head shapes, and one chunk / two chunks / an odd chunk count.
+TEST(GatedDeltaCuda, ChunkStateWalkTilingAndLength) {
+  HYLO_REQUIRE_CUDA();
+  const auto bf = at::kBFloat16;
+  check_chunk({1, 4096, 3, 128, 256, true}, bf, bf, 1, 201);
+  check_chunk({1, 4100, 3, 128, 256, true}, bf, bf, 0, 202);
+  check_chunk({1, 4096, 6, 256, 512, true}, bf, bf, 1, 203);
+  check_chunk({1, 4033, 6, 256, 512, false}, bf, bf, 0, 204);
+  check_chunk({2, 64, 3, 256, 512, true}, bf, bf, 1, 205);    // one chunk
+  check_chunk({1, 128, 6, 128, 384, true}, bf, bf, 1, 206);   // two chunks, 6 value tiles
+  check_chunk({1, 320, 2, 64, 512, true}, bf, bf, 1, 207);    // five chunks
+}
+
+// HYLO_GDN_STATE_KERNEL=shared selects the earlier state walk (S in shared memory), HYLO_GDN_OUTPUT_KERNEL=tiles the
+// earlier output pass (one block per value tile); each gives the same outputs as the default kernels.
+TEST(GatedDeltaCuda, ChunkDefaultAndEarlierKernelsAgree) {
+  HYLO_REQUIRE_CUDA();
+  for (auto [T, H, Dk, Dv, P] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int>>{
+           {1000, 3, 128, 256, 1}, {1000, 3, 128, 256, 4}, {777, 2, 256, 512, 1}, {200, 2, 64, 128, 3}}) {
+    const DeltaInputs in = gdn_test::random_inputs(1, T, H, Dk, Dv, true, 300 + T);
+    const double scale = 1.0 / std::sqrt(double(Dk));
+    const Typed g = on_gpu(typed(in, at::kBFloat16, at::kBFloat16));
+    auto run = [&](const char* walk, const char* output) {
+      if (walk) ::setenv("HYLO_GDN_STATE_KERNEL", walk, 1);
+      if (output) ::setenv("HYLO_GDN_OUTPUT_KERNEL", output, 1);
+      GatedDeltaOutput r = kernels::gated_delta_chunk_cuda(g.q, g.k, g.v, g.g, g.beta, scale, g.state, P);
+      ::unsetenv("HYLO_GDN_STATE_KERNEL");
+      ::unsetenv("HYLO_GDN_OUTPUT_KERNEL");
+      return r;
+    };
+    // Each walk forced (the default picks one by Dk), and the earlier output pass beside the default one.
+    const GatedDeltaOutput now = run("registers", nullptr), shr = run("shared", nullptr),
+                           tiles = run("registers", "tiles");
+    const double eo = rel_err(now.o, shr.o), es = rel_err(now.final_state, shr.final_state);
+    const double to = rel_err(now.o, tiles.o), ts = rel_err(now.final_state, tiles.final_state);
+    const GatedDeltaOutput dflt = run(nullptr, nullptr);
+    EXPECT_TRUE(at::equal(dflt.o, Dk <= 128 ? now.o : shr.o)) << "the default walk is registers up to Dk 128";
+    std::printf("  register vs shared walk T=%ld H=%ld Dk=%ld Dv=%ld P=%d: o %.2e state %.2e, "
+                "per-tile output o %.2e state %.2e\n", long(T), long(H), long(Dk), long(Dv), P, eo, es, to, ts);
+    EXPECT_LE(eo, kChunkFloor);
+    EXPECT_LE(es, kChunkFloor);
+    EXPECT_LE(to, kChunkFloor);
+    EXPECT_EQ(ts, 0.0);  // the output pass does not touch the state
+  }
 }
 
 TEST(GatedDeltaCuda, ChunkSplitPrefillEqualsOneGo) {

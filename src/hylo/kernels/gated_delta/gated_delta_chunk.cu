@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
@@ -370,6 +371,197 @@ __global__ void __launch_bounds__(kThreads) state_kernel(StateArgs a) {
     }
 }
 
+// ---- states, register-resident: the same walk with S kept in tensor-core accumulators ---------------------------
+// Same arguments and results as state_kernel (N and M blocks, segments, h / v_new / end-state outputs). Each warp
+// owns 16 whole rows of S (16 value channels x all DK columns) as DK/16 WMMA accumulators that stay in registers
+// for the whole walk. Both products of a chunk then only need the warp's own data besides the shared W, K, U:
+//   v_new[:, rows] = U[:, rows] - W S[rows, :]^T      (the warp's bf16 copy of its rows of S)
+//   S[rows, :]     = e^gamma_C S[rows, :] + vb[:, rows]^T K
+// so the only block-wide barrier per chunk is the hand-over of the double-buffered W, K, U, gamma (cp.async; the
+// next chunk's tiles land while this one computes). The state goes out of registers only as the bf16 copy (its
+// warp's rows in shared memory, the h the output pass reads, written straight to global) and, at the end, the fp32
+// end state. A warp's 16 x 16 fp32 scratch turns accumulator tiles into known element positions (WMMA fragments
+// are opaque).
+constexpr int kRegRows = 64;                       // rows of S per block (BV): 4 warps x 16 rows
+constexpr int kRegThreads = (kRegRows / 16) * 32;  // 128
+
+template <int DK>
+struct RegStateSmem {
+  static constexpr int BV = kRegRows;
+  static constexpr int ldk = DK + kPad16, ldv16 = BV + kPad16, ldx = 16 + kPad32;
+  static constexpr size_t w_off = 0;                                      // bf16 [2][C][ldk]  W (double buffer)
+  static constexpr size_t k_off = w_off + sizeof(bf16) * 2 * C * ldk;     // bf16 [2][C][ldk]  K
+  static constexpr size_t u_off = k_off + sizeof(bf16) * 2 * C * ldk;     // bf16 [2][C][ldv16] U columns
+  static constexpr size_t sb_off = u_off + sizeof(bf16) * 2 * C * ldv16;  // bf16 [BV][ldk]    S in bf16
+  static constexpr size_t vb_off = sb_off + sizeof(bf16) * BV * ldk;      // bf16 [C][ldv16]   decayed v_new
+  static constexpr size_t x_off = vb_off + sizeof(bf16) * C * ldv16;      // fp32 [warps][16][ldx] scratch
+  static constexpr size_t g_off = x_off + sizeof(float) * (BV / 16) * 16 * ldx;  // fp32 [2][C] gamma
+  static constexpr size_t bytes = g_off + sizeof(float) * 2 * C;
+  static_assert(sb_off % 32 == 0 && vb_off % 32 == 0 && x_off % 32 == 0 && g_off % 16 == 0, "WMMA alignment");
+  static_assert(bytes <= 227 * 1024, "over the H100/H200 shared memory per block");
+};
+
+template <int DK>
+__global__ void __launch_bounds__(kRegThreads) state_reg_kernel(StateArgs a) {
+  using S = RegStateSmem<DK>;
+  constexpr int BV = S::BV, NT = DK / 16;  // NT accumulator tiles of S per warp
+  constexpr int VT = DK >= 256 ? 2 : C / 16;  // v_new accumulators per pass
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* ws = reinterpret_cast<bf16*>(smem + S::w_off);
+  bf16* ks = reinterpret_cast<bf16*>(smem + S::k_off);
+  bf16* us = reinterpret_cast<bf16*>(smem + S::u_off);
+  bf16* sb = reinterpret_cast<bf16*>(smem + S::sb_off);
+  bf16* vb = reinterpret_cast<bf16*>(smem + S::vb_off);
+  float* gam = reinterpret_cast<float*>(smem + S::g_off);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  float* xs = reinterpret_cast<float*>(smem + S::x_off) + warp * 16 * S::ldx;  // this warp's scratch
+  const int j0 = warp * 16;                   // the warp's rows of S within the block
+  const int lr = lane >> 1, lc = (lane & 1) * 8;  // a lane's 8 elements of a 16 x 16 tile: row lr, columns lc..+7
+  const bool m_block = int(blockIdx.x) >= a.n_blocks;
+  const int64_t r0 = int64_t(m_block ? int(blockIdx.x) - a.n_blocks : int(blockIdx.x)) * BV;
+  const int64_t seg = blockIdx.y, bh = blockIdx.z, P = gridDim.y;
+  const int64_t b = bh / a.H, h = bh % a.H;
+  const int64_t n_begin = seg * a.chunks_per_seg;
+  const int64_t n_end = a.NC < n_begin + a.chunks_per_seg ? a.NC : n_begin + a.chunks_per_seg;
+  // Per-block bases (few long-lived 64-bit values: the state takes Dk/2 registers of each thread).
+  const bf16* wg = a.w + bh * a.NC * C * DK;                         // + n C DK
+  const bf16* kg = a.k + (b * a.T * a.H + h) * DK;                   // + t H DK
+  const bf16* ug = m_block ? nullptr : a.u + bh * a.NC * C * a.Dv + r0;  // + n C Dv
+  const float* gg = a.gam + bh * a.NC * C;                           // + n C
+  // h and v_new of this lane's 8 elements (row lr / r of a tile, columns lc..lc+7 of the warp's rows).
+  bf16* hout = m_block || !a.h ? nullptr : a.h + (bh * a.NC * a.Dv + r0 + j0 + lr) * DK + lc;  // + n Dv DK + c0
+  bf16* vnout = m_block || !a.vnew ? nullptr : a.vnew + bh * a.NC * C * a.Dv + r0 + j0 + lc;   // + (n C + r) Dv
+  const bf16* u = ug;
+
+  auto prefetch = [&](int64_t n, int buf) {
+    const int64_t t0 = n * C;
+    const int valid = static_cast<int>(a.T - t0 < C ? a.T - t0 : int64_t(C));
+    load_tile_async(ws + buf * C * S::ldk, S::ldk, wg + n * C * DK, DK, C, DK, C);
+    load_tile_async(ks + buf * C * S::ldk, S::ldk, kg + t0 * a.H * DK, a.H * DK, C, DK, valid);
+    if (ug) load_tile_async(us + buf * C * S::ldv16, S::ldv16, ug + n * C * a.Dv, a.Dv, C, BV, C);
+    if (tid < C / 4) cp_async16(gam + buf * C + tid * 4, gg + n * C + tid * 4, true);
+    cp_async_commit();
+  };
+  if (n_begin < n_end) prefetch(n_begin, 0);
+
+  // The warp's bf16 rows of S (for W S^T) and, where asked, h for chunk n, from the scratch tile of columns c0.
+  auto publish = [&](int c0, int64_t n) {
+    __syncwarp();
+    alignas(16) bf16 o8[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o8[j] = __float2bfloat16(xs[lr * S::ldx + lc + j]);
+    *reinterpret_cast<uint4*>(sb + (j0 + lr) * S::ldk + c0 + lc) = *reinterpret_cast<const uint4*>(o8);
+    if (hout && n >= 0)
+      *reinterpret_cast<uint4*>(hout + n * a.Dv * DK + c0) = *reinterpret_cast<const uint4*>(o8);
+    __syncwarp();  // the scratch is free for the next tile
+  };
+
+  // Initial rows of S: identity rows for M blocks, the given start or zeros for N blocks.
+  const float* init = (!m_block && a.init_kind == Init::kGiven)
+                          ? a.init + bh * (a.init_seg_stride ? a.init_seg_stride * P : a.Dv * DK) +
+                                seg * a.init_seg_stride
+                          : nullptr;
+  FragC st[NT];  // S[r0 + j0 .. +16, 16 i .. 16 i + 16] in tile i
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+    for (int e = lane; e < 256; e += 32) {
+      const int r = e / 16, c = e % 16;
+      const int64_t row = r0 + j0 + r, col = 16 * i + c;
+      xs[r * S::ldx + c] = m_block ? (row == col ? 1.0f : 0.0f) : (init ? init[row * DK + col] : 0.0f);
+    }
+    __syncwarp();
+    wmma::load_matrix_sync(st[i], xs, S::ldx, wmma::mem_row_major);
+    publish(16 * i, n_begin < n_end ? n_begin : -1);
+  }
+
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    const int buf = int(n - n_begin) & 1;
+    cp_async_wait_all();
+    __syncthreads();  // chunk n landed for every thread; every warp is done with the other buffer (chunk n - 1)
+    if (n + 1 < n_end) prefetch(n + 1, buf ^ 1);
+    const bf16* wc = ws + buf * C * S::ldk;
+    const bf16* kc = ks + buf * C * S::ldk;
+    const bf16* uc = us + buf * C * S::ldv16;
+    const float* gc = gam + buf * C;
+    const float gC = gc[C - 1];
+
+    // v_new[:, rows] = U - W S[rows]^T: VT independent accumulators per pass, the S^T fragment shared by them
+    // (Dk 256 runs two passes of two: four accumulators next to the state's sixteen spill registers).
+#pragma unroll
+    for (int t0 = 0; t0 < C / 16; t0 += VT) {
+      FragC acc[VT];
+#pragma unroll
+      for (int t = 0; t < VT; ++t) wmma::fill_fragment(acc[t], 0.0f);
+#pragma unroll(DK >= 256 ? 1 : 4)
+      for (int k0 = 0; k0 < DK; k0 += 16) {
+        FragBT fb;
+        wmma::load_matrix_sync(fb, sb + j0 * S::ldk + k0, S::ldk);
+#pragma unroll
+        for (int t = 0; t < VT; ++t) {
+          FragA fa;
+          wmma::load_matrix_sync(fa, wc + (t0 + t) * 16 * S::ldk + k0, S::ldk);
+          wmma::mma_sync(acc[t], fa, fb, acc[t]);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < VT; ++t) {
+        wmma::store_matrix_sync(xs, acc[t], S::ldx, wmma::mem_row_major);
+        __syncwarp();
+        const int r = (t0 + t) * 16 + lr;
+        const float dec = __expf(gC - gc[r]);
+        alignas(16) bf16 v8[8];
+        alignas(16) bf16 d8[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float vn = (u ? __bfloat162float(uc[r * S::ldv16 + j0 + lc + j]) : 0.0f) - xs[lr * S::ldx + lc + j];
+          v8[j] = __float2bfloat16(vn);
+          d8[j] = __float2bfloat16(vn * dec);
+        }
+        *reinterpret_cast<uint4*>(vb + r * S::ldv16 + j0 + lc) = *reinterpret_cast<const uint4*>(d8);
+        if (vnout) *reinterpret_cast<uint4*>(vnout + (n * C + r) * a.Dv) = *reinterpret_cast<const uint4*>(v8);
+        __syncwarp();
+      }
+    }
+
+    // S[rows] <- e^gamma_C S[rows] + vb[:, rows]^T K, in the registers; then the bf16 copy (and h of chunk n + 1).
+    const float decay = __expf(gC);
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+#pragma unroll
+      for (int e = 0; e < st[i].num_elements; ++e) st[i].x[e] *= decay;
+    // vb[:, rows]^T loaded once (C/16 fragments), then each state tile's short chain of C/16 products: the tiles
+    // are independent, and only one K fragment per product is live (the state's Dk/2 registers leave little room).
+    FragAT fa[C / 16];
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) wmma::load_matrix_sync(fa[kk], vb + kk * 16 * S::ldv16 + j0, S::ldv16);
+#pragma unroll
+    for (int i = 0; i < NT; ++i) {
+#pragma unroll
+      for (int kk = 0; kk < C / 16; ++kk) {
+        FragB fb;
+        wmma::load_matrix_sync(fb, kc + kk * 16 * S::ldk + 16 * i, S::ldk);
+        wmma::mma_sync(st[i], fa[kk], fb, st[i]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < NT; ++i) {
+      wmma::store_matrix_sync(xs, st[i], S::ldx, wmma::mem_row_major);
+      publish(16 * i, n + 1 < n_end ? n + 1 : -1);
+    }
+  }
+
+  float* out = nullptr;
+  if (m_block) {
+    if (a.m_out) out = a.m_out + (bh * P + seg) * DK * DK + r0 * DK;
+  } else if (a.out && (!a.out_last_segment_only || seg == P - 1)) {
+    out = a.out + bh * (a.out_seg_stride ? a.out_seg_stride * P : a.Dv * DK) + seg * a.out_seg_stride + r0 * DK;
+  }
+  if (out)
+#pragma unroll
+    for (int i = 0; i < NT; ++i) wmma::store_matrix_sync(out + j0 * DK + 16 * i, st[i], DK, wmma::mem_row_major);
+}
+
 // ---- fix-up scan over segments: start[s+1] = start[s] M_s + N_s -----------------------------------------------
 // One block per (head, 32 rows of S). Thread = (column c, row phase): each M_s element it loads is reused for
 // all of its rows, so M_s is read once per block and segment (coalesced along c).
@@ -430,81 +622,118 @@ struct OutArgs {
   float scale;
 };
 
-template <int DK>
+// NB h / v_new buffers: 1 for the kernel with one value tile per block (grid.y = Dv / 64), 2 for the one that
+// walks every value tile of its chunk (grid.y = 1; the next tile's h and v_new load while this one computes).
+template <int DK, int NB>
 struct OutSmem {
   static constexpr int ldk = DK + kPad16, ldc32 = C + kPad32, ldc16 = C + kPad16;
   static constexpr int ldo16 = kOutTile + kPad16, ldo32 = kOutTile + kPad32;
-  static constexpr size_t q_off = 0;                                     // bf16 [C][ldk]
-  static constexpr size_t k_off = q_off + sizeof(bf16) * C * ldk;        // bf16 [C][ldk]
-  static constexpr size_t h_off = k_off + sizeof(bf16) * C * ldk;        // bf16 [64][ldk]   h rows of the tile
-  static constexpr size_t v_off = h_off + sizeof(bf16) * kOutTile * ldk; // bf16 [C][ldo16]  v_new columns
-  static constexpr size_t p_off = v_off + sizeof(bf16) * C * ldo16;      // fp32 [C][ldc32]  Q K^T
-  static constexpr size_t pb_off = p_off + sizeof(float) * C * ldc32;    // bf16 [C][ldc16]  masked, decayed
-  static constexpr size_t o_off = pb_off + sizeof(bf16) * C * ldc16;     // fp32 [C][ldo32]  output tile
-  static constexpr size_t g_off = o_off + sizeof(float) * C * ldo32;     // fp32 [C]
+  static constexpr size_t q_off = 0;                                          // bf16 [C][ldk]
+  static constexpr size_t k_off = q_off + sizeof(bf16) * C * ldk;             // bf16 [C][ldk]
+  static constexpr size_t h_off = k_off + sizeof(bf16) * C * ldk;             // bf16 [NB][64][ldk]  h rows
+  static constexpr size_t v_off = h_off + sizeof(bf16) * NB * kOutTile * ldk; // bf16 [NB][C][ldo16] v_new cols
+  static constexpr size_t p_off = v_off + sizeof(bf16) * NB * C * ldo16;      // fp32 [C][ldc32]  Q K^T
+  static constexpr size_t pb_off = p_off + sizeof(float) * C * ldc32;         // bf16 [C][ldc16]  masked, decayed
+  static constexpr size_t o_off = pb_off + sizeof(bf16) * C * ldc16;          // fp32 [C][ldo32]  output tile
+  static constexpr size_t g_off = o_off + sizeof(float) * C * ldo32;          // fp32 [C]
   static constexpr size_t bytes = g_off + sizeof(float) * C;
+  static_assert(bytes <= 227 * 1024, "over the H100/H200 shared memory per block");
 };
 
-template <int DK>
+// HYLO_GDN_OUTPUT_KERNEL=tiles: one block per (chunk, 64-column value tile), each loading Q and K and forming
+// Q K^T again (the earlier form); default: one block per chunk walking all value tiles, Q, K and the masked
+// Q K^T formed once. Same arithmetic per output element.
+bool output_per_tile() {
+  const char* e = std::getenv("HYLO_GDN_OUTPUT_KERNEL");
+  return e != nullptr && std::string(e) == "tiles";
+}
+
+template <int DK, int NB>
 __global__ void __launch_bounds__(kThreads) output_kernel(OutArgs a) {
-  using S = OutSmem<DK>;
+  using S = OutSmem<DK, NB>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem + S::q_off);
   bf16* ks = reinterpret_cast<bf16*>(smem + S::k_off);
-  bf16* hs = reinterpret_cast<bf16*>(smem + S::h_off);
-  bf16* vs = reinterpret_cast<bf16*>(smem + S::v_off);
+  bf16* hs0 = reinterpret_cast<bf16*>(smem + S::h_off);
+  bf16* vs0 = reinterpret_cast<bf16*>(smem + S::v_off);
   float* ps = reinterpret_cast<float*>(smem + S::p_off);
   bf16* pb = reinterpret_cast<bf16*>(smem + S::pb_off);
   float* os = reinterpret_cast<float*>(smem + S::o_off);
   float* gam = reinterpret_cast<float*>(smem + S::g_off);
 
   const int tid = threadIdx.x;
-  const int64_t n = blockIdx.x, c0 = int64_t(blockIdx.y) * kOutTile, bh = blockIdx.z;
+  const int64_t n = blockIdx.x, bh = blockIdx.z;
   const int64_t b = bh / a.H, h = bh % a.H, t0 = n * C;
+  // Value tiles [c_begin, c_end) of this block: one (NB = 1) or all (NB = 2).
+  const int64_t c_begin = NB == 1 ? int64_t(blockIdx.y) * kOutTile : 0;
+  const int64_t c_end = NB == 1 ? c_begin + kOutTile : a.Dv;
   const int valid = static_cast<int>((a.T - t0 < C ? a.T - t0 : int64_t(C)));
-  // All four tiles in flight at once (cp.async), then one wait.
+  auto load_hv = [&](int64_t c0, int buf) {  // h rows and v_new columns of the value tile at c0
+    load_tile_async(hs0 + buf * kOutTile * S::ldk, S::ldk, a.h + ((bh * a.NC + n) * a.Dv + c0) * DK, DK, kOutTile,
+                    DK, kOutTile);
+    load_tile_async(vs0 + buf * C * S::ldo16, S::ldo16, a.vnew + (bh * a.NC + n) * C * a.Dv + c0, a.Dv, C,
+                    kOutTile, C);
+  };
+  // Q, K, gamma and the first tile's h and v_new in flight at once (cp.async), then one wait.
   load_tile_async(qs, S::ldk, a.q + ((b * a.T + t0) * a.H + h) * DK, a.H * DK, C, DK, valid);
   load_tile_async(ks, S::ldk, a.k + ((b * a.T + t0) * a.H + h) * DK, a.H * DK, C, DK, valid);
-  load_tile_async(hs, S::ldk, a.h + ((bh * a.NC + n) * a.Dv + c0) * DK, DK, kOutTile, DK, kOutTile);
-  load_tile_async(vs, S::ldo16, a.vnew + (bh * a.NC + n) * C * a.Dv + c0, a.Dv, C, kOutTile, C);
+  load_hv(c_begin, 0);
   if (tid < C / 4) cp_async16(gam + tid * 4, a.gam + bh * a.NC * C + n * C + tid * 4, true);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
 
-  gemm_tiles<false, true, C, kOutTile, DK>(os, S::ldo32, qs, S::ldk, hs, S::ldk);  // Q h^T
-  gemm_tiles<false, true, C, C, DK>(ps, S::ldc32, qs, S::ldk, ks, S::ldk);         // Q K^T
+  // P = scale (Q K^T o Gamma o causal), once per chunk.
+  gemm_tiles<false, true, C, C, DK>(ps, S::ldc32, qs, S::ldk, ks, S::ldk);
   __syncthreads();
   for (int i = tid; i < C * C; i += kThreads) {
     const int r = i / C, c = i % C;
     const float p = c <= r ? ps[r * S::ldc32 + c] * __expf(gam[r] - gam[c]) * a.scale : 0.0f;
     pb[r * S::ldc16 + c] = __float2bfloat16(p);
   }
-  for (int i = tid; i < C * kOutTile; i += kThreads) {
-    const int r = i / kOutTile, c = i % kOutTile;
-    os[r * S::ldo32 + c] *= __expf(gam[r]) * a.scale;
-  }
-  __syncthreads();
-  // O += P v_new, accumulating onto the inter-chunk part.
+  // (pb's writes are ordered before their readers by the barriers of the tile loop.)
+
   const int warp = tid >> 5;
-  for (int tile = warp; tile < (C / 16) * (kOutTile / 16); tile += kWarps) {
-    const int m0 = (tile / (kOutTile / 16)) * 16, n0 = (tile % (kOutTile / 16)) * 16;
-    FragC acc;
-    wmma::load_matrix_sync(acc, os + m0 * S::ldo32 + n0, S::ldo32, wmma::mem_row_major);
-#pragma unroll
-    for (int k0 = 0; k0 < C; k0 += 16) {
-      FragA fa;
-      FragB fb;
-      wmma::load_matrix_sync(fa, pb + m0 * S::ldc16 + k0, S::ldc16);
-      wmma::load_matrix_sync(fb, vs + k0 * S::ldo16 + n0, S::ldo16);
-      wmma::mma_sync(acc, fa, fb, acc);
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kOutTile) {
+    const int buf = NB == 1 ? 0 : int((c0 - c_begin) / kOutTile) & 1;
+    if (c0 > c_begin) {  // tile c0 was prefetched by the previous iteration: wait for it (NB = 2 only)
+      cp_async_wait_all();
+      __syncthreads();
     }
-    wmma::store_matrix_sync(os + m0 * S::ldo32 + n0, acc, S::ldo32, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int i = tid; i < valid * kOutTile; i += kThreads) {
-    const int r = i / kOutTile, c = i % kOutTile;
-    store_from_float(a.o, ((b * a.T + t0 + r) * a.H + h) * a.Dv + c0 + c, a.to, os[r * S::ldo32 + c]);
+    if (NB == 2 && c0 + kOutTile < c_end) {  // the next tile's h and v_new load while this one computes
+      load_hv(c0 + kOutTile, buf ^ 1);
+      cp_async_commit();
+    }
+    const bf16* hs = hs0 + buf * kOutTile * S::ldk;
+    const bf16* vs = vs0 + buf * C * S::ldo16;
+    gemm_tiles<false, true, C, kOutTile, DK>(os, S::ldo32, qs, S::ldk, hs, S::ldk);  // Q h^T
+    __syncthreads();
+    for (int i = tid; i < C * kOutTile; i += kThreads) {
+      const int r = i / kOutTile, c = i % kOutTile;
+      os[r * S::ldo32 + c] *= __expf(gam[r]) * a.scale;
+    }
+    __syncthreads();
+    // O += P v_new, accumulating onto the inter-chunk part.
+    for (int tile = warp; tile < (C / 16) * (kOutTile / 16); tile += kWarps) {
+      const int m0 = (tile / (kOutTile / 16)) * 16, n0 = (tile % (kOutTile / 16)) * 16;
+      FragC acc;
+      wmma::load_matrix_sync(acc, os + m0 * S::ldo32 + n0, S::ldo32, wmma::mem_row_major);
+#pragma unroll
+      for (int k0 = 0; k0 < C; k0 += 16) {
+        FragA fa;
+        FragB fb;
+        wmma::load_matrix_sync(fa, pb + m0 * S::ldc16 + k0, S::ldc16);
+        wmma::load_matrix_sync(fb, vs + k0 * S::ldo16 + n0, S::ldo16);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(os + m0 * S::ldo32 + n0, acc, S::ldo32, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int i = tid; i < valid * kOutTile; i += kThreads) {
+      const int r = i / kOutTile, c = i % kOutTile;
+      store_from_float(a.o, ((b * a.T + t0 + r) * a.H + h) * a.Dv + c0 + c, a.to, os[r * S::ldo32 + c]);
+    }
+    // The next tile's wait-and-barrier (top of the loop) orders these reads of os before its Q h^T overwrites it.
   }
 }
 
@@ -522,6 +751,20 @@ template <int DK> constexpr int state_rows() { return DK <= 128 ? 64 : 32; }
 bool stage_times() {
   static const bool on = std::getenv("HYLO_GDN_STAGE_TIMES") != nullptr;
   return on;
+}
+
+// Which state walk runs: the register-resident one (state_reg_kernel) or the one that keeps S in shared memory
+// (state_kernel, 8 warps, S loaded and stored as fp32 every chunk); both compute the same recursion. Measured on the
+// H200 at 64K tokens (docs/benchmarks.md, "Tried: the state walk with the state in registers"): registers win at
+// Dk 128 (0.60 -> 0.48 ms with segments, 6.26 -> 5.02 ms without) and lose at Dk 256, where the kernel needs 255
+// registers and spills (5.83 -> 9.05 ms), so the default is registers up to Dk 128. HYLO_GDN_STATE_KERNEL=shared or
+// =registers forces one (read at every call, so a test can switch it).
+template <int DK>
+bool register_state_walk() {
+  const char* e = std::getenv("HYLO_GDN_STATE_KERNEL");
+  if (e != nullptr && std::string(e) == "shared") return false;
+  if (e != nullptr && std::string(e) == "registers") return true;
+  return DK <= 128;
 }
 
 struct StatesAndSegments {
@@ -558,22 +801,33 @@ StatesAndSegments states(const at::Tensor& k, const at::Tensor& v, const at::Ten
   }
   if (ev) cudaEventRecord(ev[1], stream);
 
-  const int P = choose_segments(NC, BH * (Dv / BV), segments);
+  const bool reg = register_state_walk<DK>();
+  const int64_t bv = reg ? kRegRows : BV;  // rows of S per state block
+  const int P = choose_segments(NC, BH * (Dv / bv), segments);
   const int64_t cps = (NC + P - 1) / P;
 
-  set_smem(state_kernel<DK, BV>, StateSmem<DK, BV>::bytes);
+  if (reg)
+    set_smem(state_reg_kernel<DK>, RegStateSmem<DK>::bytes);
+  else
+    set_smem(state_kernel<DK, BV>, StateSmem<DK, BV>::bytes);
+  auto walk = [&](const StateArgs& sa, int blocks_x) {  // one launch of the chosen state walk
+    const dim3 grid{unsigned(blocks_x), unsigned(P), unsigned(BH)};
+    if (reg)
+      state_reg_kernel<DK><<<grid, kRegThreads, RegStateSmem<DK>::bytes, stream>>>(sa);
+    else
+      state_kernel<DK, BV><<<grid, kThreads, StateSmem<DK, BV>::bytes, stream>>>(sa);
+  };
   const bf16* kp = reinterpret_cast<const bf16*>(k.data_ptr());
   const bf16* wp = reinterpret_cast<const bf16*>(w.data_ptr());
   const bf16* up = reinterpret_cast<const bf16*>(u.data_ptr());
   at::Tensor starts;  // [BH, P, Dv, DK] true start state of each segment
-  const int n_blocks = static_cast<int>(Dv / BV), m_blocks = DK / BV;
+  const int n_blocks = static_cast<int>(Dv / bv), m_blocks = static_cast<int>(DK / bv);
   if (P > 1) {
     at::Tensor nn = at::empty({BH, P, Dv, DK}, f32);  // [BH, P, Dv, DK] end state from a zero start
     at::Tensor mm = at::empty({BH, P, DK, DK}, f32);  // [BH, P, DK, DK] transfer matrix
     StateArgs pre{kp, wp, up, gam.data_ptr<float>(), nullptr, nn.data_ptr<float>(), mm.data_ptr<float>(),
                   nullptr, nullptr, T, H, NC, Dv, cps, 0, Dv * DK, n_blocks, Init::kZero, false};
-    state_kernel<DK, BV><<<dim3(unsigned(n_blocks + m_blocks), unsigned(P), unsigned(BH)), kThreads,
-                           StateSmem<DK, BV>::bytes, stream>>>(pre);
+    walk(pre, n_blocks + m_blocks);
     check_launch("gated_delta_chunk_cuda segment M, N");
     starts = segment_scan(init, mm, nn);
   }
@@ -583,8 +837,7 @@ StatesAndSegments states(const at::Tensor& k, const at::Tensor& v, const at::Ten
                  final_state.data_ptr<float>(), nullptr, reinterpret_cast<bf16*>(hs.data_ptr()),
                  reinterpret_cast<bf16*>(vnew.data_ptr()), T, H, NC, Dv, cps, P > 1 ? Dv * DK : 0, 0, n_blocks,
                  (P > 1 || init.defined()) ? Init::kGiven : Init::kZero, true};
-  state_kernel<DK, BV><<<dim3(unsigned(n_blocks), unsigned(P), unsigned(BH)), kThreads, StateSmem<DK, BV>::bytes,
-                         stream>>>(main);
+  walk(main, n_blocks);
   check_launch("gated_delta_chunk_cuda states");
   if (ev) cudaEventRecord(ev[3], stream);
   return {{w, u, gam, hs, vnew, tm, final_state}, P};
@@ -607,20 +860,28 @@ GatedDeltaOutput run(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const at::Tensor &hs = st.s.h, &vnew = st.s.vnew, &gam = st.s.gam;
   const int P = st.segments;
 
-  set_smem(output_kernel<DK>, OutSmem<DK>::bytes);
+  const bool per_tile = output_per_tile();
+  if (per_tile)
+    set_smem(output_kernel<DK, 1>, OutSmem<DK, 1>::bytes);
+  else
+    set_smem(output_kernel<DK, 2>, OutSmem<DK, 2>::bytes);
   OutArgs oa{reinterpret_cast<const bf16*>(q.data_ptr()), kp, reinterpret_cast<const bf16*>(hs.data_ptr()),
              reinterpret_cast<const bf16*>(vnew.data_ptr()), gam.data_ptr<float>(), o.data_ptr(),
              elem_type(o, "gated_delta_chunk_cuda o"), T, H, Dv, NC, static_cast<float>(scale)};
-  output_kernel<DK><<<dim3(unsigned(NC), unsigned(Dv / kOutTile), unsigned(BH)), kThreads, OutSmem<DK>::bytes,
-                      stream>>>(oa);
+  if (per_tile)
+    output_kernel<DK, 1><<<dim3(unsigned(NC), unsigned(Dv / kOutTile), unsigned(BH)), kThreads,
+                           OutSmem<DK, 1>::bytes, stream>>>(oa);
+  else
+    output_kernel<DK, 2><<<dim3(unsigned(NC), 1u, unsigned(BH)), kThreads, OutSmem<DK, 2>::bytes, stream>>>(oa);
   check_launch("gated_delta_chunk_cuda output");
   if (timed) {
     cudaEventRecord(ev[4], stream);
     cudaEventSynchronize(ev[4]);
     float t[4];
     for (int i = 0; i < 4; ++i) cudaEventElapsedTime(&t[i], ev[i], ev[i + 1]);
-    std::fprintf(stderr, "gdn_stages T %ld H %ld Dk %d Dv %ld P %d: prep %.3f ms, segment M/N + scan %.3f ms, "
-                 "states %.3f ms, output %.3f ms\n", long(T), long(H), DK, long(Dv), P, t[0], t[1], t[2], t[3]);
+    std::fprintf(stderr, "gdn_stages T %ld H %ld Dk %d Dv %ld P %d walk %s: prep %.3f ms, segment M/N + scan %.3f ms, "
+                 "states %.3f ms, output %.3f ms\n", long(T), long(H), DK, long(Dv), P,
+                 register_state_walk<DK>() ? "reg" : "shared", t[0], t[1], t[2], t[3]);
     for (auto& e : ev) cudaEventDestroy(e);
   }
   return {o, st.s.final_state};
