@@ -107,9 +107,10 @@ TEST(GatedDeltaCuda, ChunkContextParallelEqualsOneSegment) {
   check_chunk({1, 700, 3, 64, 64, false}, at::kBFloat16, at::kBFloat16, 5, 101);
 }
 
-// The state walk's tiling: 64 rows of S per block (4 warps x 16 value channels, S in registers), so Dv 256 / 512
-// give 4 / 8 blocks per head; long sequences (64+ chunks) with one segment and with the automatic choice, at the
-// benchmark's head shapes, and one chunk / two chunks / an odd chunk count.
+// The state walk's tiling (the default walk per Dk: the register walk's 64 rows of S per block, 4 warps x 16 value
+// channels, so Dv 256 gives 4 blocks per head at Dk 128; the shared-memory walk at Dk 256); long sequences (64+
+// chunks) with one segment and with the automatic choice, at the benchmark's head shapes, and one chunk / two
+// chunks / an odd chunk count.
 TEST(GatedDeltaCuda, ChunkStateWalkTilingAndLength) {
   HYLO_REQUIRE_CUDA();
   const auto bf = at::kBFloat16;
@@ -122,8 +123,9 @@ TEST(GatedDeltaCuda, ChunkStateWalkTilingAndLength) {
   check_chunk({1, 320, 2, 64, 512, true}, bf, bf, 1, 207);    // five chunks
 }
 
-// HYLO_GDN_STATE_KERNEL=shared selects the earlier state walk (S in shared memory), HYLO_GDN_OUTPUT_KERNEL=tiles the
-// earlier output pass (one block per value tile); each gives the same outputs as the default kernels.
+// HYLO_GDN_STATE_KERNEL=registers / =shared force the register-resident or the shared-memory state walk (the default
+// is registers up to Dk 128), HYLO_GDN_OUTPUT_KERNEL=tiles the earlier output pass (one block per value tile); all
+// give the same outputs, and the default is the walk its Dk calls for.
 TEST(GatedDeltaCuda, ChunkDefaultAndEarlierKernelsAgree) {
   HYLO_REQUIRE_CUDA();
   for (auto [T, H, Dk, Dv, P] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int>>{
