@@ -3,7 +3,6 @@
 // change): per run the last training and held-out loss, tokens/s and rank 0's peak GPU memory, and how far each
 // run's losses stray from the first run's at the steps both logged; --svg draws every run's curves in one chart.
 #include <cstdio>
-#include <fstream>
 
 #include "command.h"
 #include "hylo/core/file_util.h"
