@@ -7,7 +7,8 @@
 # acceptance. Keep shapes small (every block starts 128-256 threads).
 #   bash scripts/dev/cuda_host_emu/ssd_run.sh [B T H P N G Gc WITH_STATE f32|bf16]
 #   (the backward alone: HYLO_EMU_BWD=1 ... ssd_run.sh B T H P N G Gc WITH_STATE WITH_D WITH_DFINAL f32|bf16)
-# Needs build/cpu-release (libhylo_torch.a, libhylo_base.a) built first.
+# Needs build/cpu-release (libhylo_torch.a, libhylo_base.a) built first (or HYLO_BUILD_DIR naming another CPU
+# build). CPU builds that find the CUDA headers run it as the CTest emu.ssd_kernels (tests/CMakeLists.txt).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -30,7 +31,7 @@ for f in "${srcs[@]}"; do
   while (( $(jobs -rp | wc -l) >= 2 )); do wait -n; done
 done
 wait
-r="$root/build/cpu-release"
+r="${HYLO_BUILD_DIR:-$root/build/cpu-release}"  # libhylo_torch.a, libhylo_base.a of a CPU build
 kobj=("$out/ssd_step_cu.o" "$out/ssd_chunk_cu.o" "$out/ssd_chunk_bwd_cu.o" "$out/ssd_autograd.o" "$out/poison.o")
 libs=("$r/libhylo_torch.a" "$r/libhylo_base.a" -L"$tp/lib" -Wl,-rpath,"$tp/lib" -ltorch -ltorch_cpu -lc10
       -L/usr/local/cuda/lib64 -lcudart -lpthread)
