@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function.h>
 
 #include <cmath>
 #include <cstdio>
@@ -22,7 +23,6 @@
 #include "kernels_gdn/cuda_test_util.h"
 #include "hylo/model/mixer.h"
 #include "hylo/model/mixers/mamba2.h"
-#include <torch/csrc/autograd/function.h>
 
 namespace hylo {
 namespace {

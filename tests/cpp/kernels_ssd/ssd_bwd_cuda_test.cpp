@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/csrc/autograd/function.h>
+
 #include "kernels_gdn/cuda_test_util.h"
 #include "mamba2/test_util.h"
 #include "hylo/core/result.h"
@@ -73,7 +75,7 @@ enum class Form { kNaive, kChunk };
 std::vector<at::Tensor> cpu_grads(const Problem& p, Form form, bool fp64) {
   std::vector<at::Tensor> L = p.leaves;
   for (auto& l : L)
-    if (l.defined()) l = (fp64 ? l.to(at::kCPU, at::kDouble) : l.to(at::kCPU)).detach().requires_grad_(true);
+    if (l.defined()) l = (fp64 ? l.to(at::kCPU, at::kDouble) : l.cpu()).detach().requires_grad_(true);
   const SsdOutput o = form == Form::kNaive ? ssd_naive(L[0], L[1], L[2], L[3], L[4], L[5], L[6])
                                            : ssd_chunk(L[0], L[1], L[2], L[3], L[4], L[5], L[6], 256);
   const at::ScalarType ct = fp64 ? at::kDouble : at::kFloat;
