@@ -79,6 +79,8 @@ int main(int argc, char** argv) {
   const SsdOutput fw = kernels::ssd_chunk_autograd(W[0], W[1], W[2], W[3], W[4], W[5], W[6]);
   const SsdOutput fk = kernels::ssd_chunk_cuda(L[0], L[1], L[2], L[3], L[4], L[5], L[6]);
   bool wrap = at::equal(fw.y, fk.y) && at::equal(fw.final_state, fk.final_state);
+  // The GPU tests find the wrapper in autograd graphs by this name.
+  wrap = wrap && fw.y.grad_fn() && fw.y.grad_fn()->name().find("SsdChunkFn") != std::string::npos;
   at::Tensor loss = (fw.y.to(at::kFloat) * dy.to(at::kFloat)).sum();
   if (dfin.defined()) loss = loss + (fw.final_state * dfin).sum();
   loss.backward();
