@@ -21,34 +21,14 @@
 #include <functional>
 #include <vector>
 
+#include "cuda_event_timing.h"
 #include "hylo/kernels/causal_conv1d/causal_conv1d_cuda.h"
 #include "hylo/kernels/gated_delta/gated_delta_cuda.h"
 #include "hylo/ops/gated_delta.h"
 
 namespace {
 
-// Median of `reps` timings (ms) of fn() measured with CUDA events, after `warm` untimed calls.
-double median_ms(const std::function<void()>& fn, int warm, int reps) {
-  for (int i = 0; i < warm; ++i) fn();
-  std::vector<double> t;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  for (int i = 0; i < reps; ++i) {
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    cudaEventRecord(a, stream);
-    fn();
-    cudaEventRecord(b, stream);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms);
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using hylo::bench::median_cuda_ms;
 
 struct Inputs {
   at::Tensor q, k, v, g, beta, state;
@@ -99,11 +79,11 @@ int main(int argc, char** argv) {
   {
     const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
     at::Tensor a = at::randn({8192, 8192}, o), b = at::randn({8192, 8192}, o);
-    const double ms = median_ms([&] { (void)at::matmul(a, b); }, 3, 10);
+    const double ms = median_cuda_ms([&] { (void)at::matmul(a, b); }, 3, 10);
     std::printf("ceiling gemm_tflops %.1f\n", 2.0 * 8192.0 * 8192.0 * 8192.0 / (ms * 1e-3) / 1e12);
     at::Tensor src = at::randn({int64_t(1) << 30}, at::TensorOptions().device(at::kCUDA).dtype(at::kFloat));
     at::Tensor dst = at::empty_like(src);
-    const double cms = median_ms([&] { dst.copy_(src); }, 3, 10);
+    const double cms = median_cuda_ms([&] { dst.copy_(src); }, 3, 10);
     std::printf("ceiling copy_tbps %.2f\n", 2.0 * src.nbytes() / (cms * 1e-3) / 1e12);
   }
   std::fflush(stdout);
@@ -112,7 +92,7 @@ int main(int argc, char** argv) {
     Inputs in = make_inputs(1, T, H, Dk, Dv);
     const double scale = 1.0 / std::sqrt(double(Dk));
     hylo::GatedDeltaOutput out;
-    const double ms = median_ms([&] {
+    const double ms = median_cuda_ms([&] {
       out = hylo::kernels::gated_delta_chunk_cuda(in.q, in.k, in.v, in.g, in.beta, scale, in.state);
     }, 3, 15);
     // The same call against the ATen chunk form in fp32 on the GPU (its 1024-chunk loop is slow but exact enough).
@@ -123,7 +103,7 @@ int main(int argc, char** argv) {
     std::printf("chunk %ld %ld %ld %ld ms %.4f err_vs_aten %.2e state_err %.2e\n", long(H), long(Dk), long(Dv),
                 long(T), ms, err, serr);
     for (int P : {1, 4, 8, 16, 32, 64}) {
-      const double pms = median_ms([&] {
+      const double pms = median_cuda_ms([&] {
         (void)hylo::kernels::gated_delta_chunk_cuda(in.q, in.k, in.v, in.g, in.beta, scale, in.state, P);
       }, 2, 7);
       std::printf("chunk_segments %ld %ld %ld %ld P %d ms %.4f\n", long(H), long(Dk), long(Dv), long(T), P, pms);
@@ -138,7 +118,7 @@ int main(int argc, char** argv) {
       const double scale = 1.0 / std::sqrt(double(Dk));
       const at::Tensor d_o = at::randn(in.v.sizes(), in.v.options());
       const at::Tensor d_final = at::randn(in.state.sizes(), in.state.options());
-      const double ms = median_ms([&] {
+      const double ms = median_cuda_ms([&] {
         const hylo::GatedDeltaOutput o = hylo::kernels::gated_delta_chunk_cuda(in.q, in.k, in.v, in.g, in.beta,
                                                                                scale, in.state);
         (void)hylo::kernels::gated_delta_chunk_backward_cuda(in.q, in.k, in.v, in.g, in.beta, scale, in.state,
@@ -166,7 +146,7 @@ int main(int argc, char** argv) {
         for (int i = 0; i < kSteps; ++i) step();
         graph.capture_end();
       }
-      const double ms = median_ms([&] { graph.replay(); }, 3, 20);
+      const double ms = median_cuda_ms([&] { graph.replay(); }, 3, 20);
       std::printf("step %ld %ld %ld %ld us %.3f\n", long(B), long(H), long(Dk), long(Dv), ms * 1e3 / kSteps);
     }
   }
@@ -176,7 +156,7 @@ int main(int argc, char** argv) {
       at::Tensor x = at::randn({1, Tc, C}, at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16));
       at::Tensor w = at::randn({C, 4}, at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16));
       at::Tensor st = at::randn({1, C, 3}, at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16));
-      const double ms = median_ms([&] { (void)hylo::kernels::causal_conv1d_cuda(x, w, at::Tensor(), st, true); }, 5, 50);
+      const double ms = median_cuda_ms([&] { (void)hylo::kernels::causal_conv1d_cuda(x, w, at::Tensor(), st, true); }, 5, 50);
       std::printf("conv 1 %ld %ld 4 us %.3f\n", long(Tc), long(C), ms * 1e3);
     }
   }

@@ -20,32 +20,12 @@
 
 #include <torch/csrc/autograd/autograd.h>
 
+#include "cuda_event_timing.h"
 #include "hylo/ops/ssd.h"
 
 namespace {
 
-// Median of `reps` timings (ms) of fn() measured with CUDA events, after `warm` untimed calls.
-double median_ms(const std::function<void()>& fn, int warm, int reps) {
-  for (int i = 0; i < warm; ++i) fn();
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    cudaEventRecord(a, stream);
-    fn();
-    cudaEventRecord(b, stream);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms);
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using hylo::bench::median_cuda_ms;
 
 void use_kernels(bool on) { setenv("HYLO_SSD_KERNELS", on ? "1" : "0", 1); }
 
@@ -73,10 +53,10 @@ void bench_chunk(int64_t H, int64_t P, int64_t N, int64_t G, int64_t T) {
   auto run = [&] { return hylo::ssd_chunk(in.x, in.dt, in.A, in.B, in.C, in.D, in.state, 256); };
   use_kernels(true);
   const at::Tensor yk = run().y;
-  const double mk = median_ms([&] { run(); }, 3, 11);
+  const double mk = median_cuda_ms([&] { run(); }, 3, 11);
   use_kernels(false);
   const at::Tensor ya = run().y;
-  const double ma = median_ms([&] { run(); }, 3, 11);
+  const double ma = median_cuda_ms([&] { run(); }, 3, 11);
   const at::Tensor d = yk.to(at::kDouble) - ya.to(at::kDouble);
   const double err = d.norm().item<double>() / ya.to(at::kDouble).norm().item<double>();
   std::printf("chunk H %ld P %ld N %ld G %ld T %ld ms_kernel %.3f ms_aten %.3f err %.2e\n", long(H), long(P),
@@ -89,9 +69,9 @@ void bench_step(int64_t batch, int64_t H, int64_t P, int64_t N, int64_t G) {
   auto tok = [](const at::Tensor& t) { return t.select(1, 0); };
   auto run = [&] { hylo::ssd_recurrent(tok(in.x), tok(in.dt), in.A, tok(in.B), tok(in.C), in.D, S, S); };
   use_kernels(true);
-  const double uk = 1000 * median_ms(run, 10, 101);
+  const double uk = 1000 * median_cuda_ms(run, 10, 101);
   use_kernels(false);
-  const double ua = 1000 * median_ms(run, 10, 101);
+  const double ua = 1000 * median_cuda_ms(run, 10, 101);
   std::printf("step B %ld H %ld P %ld N %ld G %ld us_kernel %.1f us_aten %.1f\n", long(batch), long(H), long(P),
               long(N), long(G), uk, ua);
 }
@@ -110,10 +90,10 @@ void bench_fwdbwd(int64_t H, int64_t P, int64_t N, int64_t G, int64_t T) {
   };
   use_kernels(true);
   const at::Tensor dxk = run()[0];
-  const double mk = median_ms([&] { run(); }, 2, 7);
+  const double mk = median_cuda_ms([&] { run(); }, 2, 7);
   use_kernels(false);
   const at::Tensor dxa = run()[0];
-  const double ma = median_ms([&] { run(); }, 2, 7);
+  const double ma = median_cuda_ms([&] { run(); }, 2, 7);
   const at::Tensor d = dxk.to(at::kDouble) - dxa.to(at::kDouble);
   const double err = d.norm().item<double>() / dxa.to(at::kDouble).norm().item<double>();
   std::printf("fwdbwd H %ld P %ld N %ld G %ld T %ld ms_kernel %.3f ms_aten %.3f err %.2e\n", long(H), long(P),

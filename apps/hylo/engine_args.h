@@ -83,8 +83,6 @@ inline void add_engine_options(CLI::App& app, EngineArgs& a) {
   g->add_flag("--no-cuda-graphs", a.no_cuda_graphs, "run decode steps without CUDA graphs");
 }
 
-// The pools needed for `sequences` sequences of `tokens_per_sequence` tokens each (plus `snapshots` snapshot
-// slots), from the engine's own per-page and per-slot sizes (CachePools::plan, which allocates nothing).
 // EngineOptions from the flags, with the memory budget as given (memory_bytes 0: the GPU fraction rule) and the
 // command's defaults for max_sequences and prefix_snapshots. `cuda`: whether the model runs on a GPU.
 inline engine::EngineOptions engine_options_from_flags(const EngineArgs& a, bool cuda, int64_t default_sequences,

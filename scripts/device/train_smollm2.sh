@@ -246,11 +246,10 @@ driver() {
   echo "$rc" > "$W/DONE"
 }
 
-# Issue 8's end-to-end rows with the trained hybrid (the last leaf stage) and its teacher, bf16, batch 1: prefill of a
-# 64K-token prompt (`hylo bench`, both in one process) and the peak GPU memory of scoring the held-out text in 32K
-# windows one at a time (`hylo perplexity`). Outputs: $W/e2e-*.
-# end_to_end HYLO MODEL NAME: MODEL (a hybrid) against the teacher: 64K prefill and decode, peak memory of
-# perplexity at 32K windows; files $W/e2e-*.
+# end_to_end HYLO MODEL LABEL: issue 8's end-to-end rows for MODEL (a hybrid; after a run, the last leaf stage's)
+# against its teacher, bf16, batch 1: prefill of a 64K-token prompt and decode (`hylo bench`, both in one process),
+# and the peak GPU memory of scoring the held-out text in 32K windows one at a time (`hylo perplexity`). Outputs:
+# $W/e2e-*.
 end_to_end() {
   local hylo="$1" model="$2" label="$3" m name
   "$hylo" bench "$model" --teacher "$HYLO_TEACHER_GGUF" --contexts 64K --teacher-contexts 64K \
@@ -265,14 +264,20 @@ end_to_end() {
   done
 }
 
-# Issue 8's end-to-end rows without a training run: the freshly upcycled hybrid (speed and memory depend on the
-# shapes, not on the weights' values) against its teacher, after calls that carried train-1 and train-3 (stash).
-e2e_fresh() {
+# The teacher reassembled and the freshly upcycled 6MLA24GDN hybrid in $W/e2e-hybrid (speed and memory depend on
+# the shapes, not on the weights' values), after calls that carried train-1, train-3 and train-2 (stash).
+fresh_hybrid() {
   stash
   device_env
-  assemble_teacher || exit 1
+  assemble_teacher || return 1
+  [[ -d "$W/e2e-hybrid" ]] && return 0
   "$W/bin/hylo" upcycle "$W/teacher.gguf" --plan "$root/recipes/plans/smollm2-135m-6mla24gdn.yaml" \
-    --out "$W/e2e-hybrid" --no-progress > "$W/e2e-upcycle.log" 2>&1 || { say "upcycle failed"; tail "$W/e2e-upcycle.log"; exit 1; }
+    --out "$W/e2e-hybrid" --no-progress > "$W/e2e-upcycle.log" 2>&1 || { say "upcycle failed"; tail "$W/e2e-upcycle.log"; return 1; }
+}
+
+# Issue 8's end-to-end rows without a training run, on the fresh hybrid.
+e2e_fresh() {
+  fresh_hybrid || exit 1
   end_to_end "$W/bin/hylo" "$W/e2e-hybrid" upcycled
   # The teacher's sampling throughput as the training run's data step uses it (GEN_SECONDS of sampling).
   local gen_s="${GEN_SECONDS:-40}"
@@ -383,8 +388,9 @@ case "$mode" in
   measure) measure ;;
   stash) stash && du -sh "$W"/* ;;
   e2e) e2e_fresh ;;
+  hybrid) fresh_hybrid ;;
   start) start "$@" ;;
   wait) device_env; wait_run "$@" ;;
   driver) driver ;;
-  *) echo "usage: $0 build | measure | stash | start [SECONDS] | wait [SECONDS] | e2e" >&2; exit 2 ;;
+  *) echo "usage: $0 build | measure | stash | start [SECONDS] | wait [SECONDS] | e2e | hybrid" >&2; exit 2 ;;
 esac

@@ -1,43 +1,24 @@
 """`hylo train` as a process: what a scheduler's SIGTERM (or Ctrl-C) does, and `--stage`.
 
-A tiny random Llama made by `transformers` (with a byte-level BPE tokenizer trained on its text), a 1 MLA + 1 GDN
-hybrid of it by `hylo upcycle`, a dataset by `hylo data`, and a KD recipe long enough that the signal always lands mid-stage:
-SIGTERM ends the process with 143 after the step in flight, with a checkpoint at that step and no final
+The tiny teacher, hybrid and dataset of tiny_train_inputs.py and a KD recipe long enough that the signal always
+lands mid-stage: SIGTERM ends the process with 143 after the step in flight, with a checkpoint at that step and no final
 checkpoint; `--resume` continues from that step. (That the resumed parameters equal an uninterrupted run's, bit for
 bit, is tests/cpp/train/resume_test.cpp's job, on the same trainer code.) `--stage` with a name the recipe lacks,
 and a stage whose input stage is not done, are refused before any work with messages that say so.
 """
 import json
 import os
-import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tokenizer_oracles import train_byte_level_bpe
+from tiny_train_inputs import make_train_inputs
 
 HYLO = os.environ.get("HYLO_BIN", "build/bin/hylo")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # ctest runs tests side by side on 2 cores
-
-PLAN = """name: tiny-1mla1gdn
-teacher: {num_layers: 2, hidden_size: 32, num_heads: 2, num_kv_heads: 1, head_dim: 16}
-mla_layers: [1]
-linear: gdn
-mla:
-  q_lora_rank: 16
-  kv_lora_rank: 8
-  qk_nope_head_dim: 8
-  qk_rope_head_dim: 8
-  v_head_dim: 16
-  num_kv_groups: 1
-  latent_norms: false
-  rope: {type: default}
-gdn: {num_heads: 2, head_k_dim: 16, head_v_dim: 16, conv_size: 4}
-"""
 
 
 def hylo(*args, check=True, timeout=600):
@@ -49,26 +30,7 @@ def hylo(*args, check=True, timeout=600):
 
 @pytest.fixture(scope="module")
 def run_inputs(tmp_path_factory):
-    import transformers
-
-    tmp = tmp_path_factory.mktemp("train-cli")
-    rng = random.Random(3)
-    words = ["whale", "sea", "ship", "Ahab", "white", "deep", "harpoon", "the", "and", "of"]
-    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(rng.randrange(10, 30))) for _ in range(60)) + "\n"
-    (tmp / "text.txt").write_text(text)
-    tok = train_byte_level_bpe(text, 300)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                   max_position_embeddings=256, tie_word_embeddings=True)
-    teacher = tmp / "teacher"
-    transformers.LlamaForCausalLM(cfg).save_pretrained(teacher, safe_serialization=True)
-    (teacher / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
-    (tmp / "plan.yaml").write_text(PLAN)
-    hylo("upcycle", teacher, "--plan", tmp / "plan.yaml", "--out", tmp / "student", "--calibration-tokens", "0",
-         "--no-progress")
-    hylo("data", "--tokenizer", teacher, "--out", tmp / "data", "--paragraphs", tmp / "text.txt",
-         "--heldout-docs", "4", "--doc-end", "none", "--quiet")
+    tmp = make_train_inputs(tmp_path_factory.mktemp("train-cli"), hylo)
     # 600 steps of 2 x 16 tokens: far more than the seconds before the signal.
     (tmp / "recipe.yaml").write_text(f"""name: tiny-kd
 defaults: {{teacher: teacher, data: data, seq_len: 16, batch: 2, micro_batch: 1, precision: fp32, log_every: 1,

@@ -7,7 +7,7 @@
 
 #include "hylo/core/file_util.h"
 #include "hylo/core/progress.h"
-#include "hylo/infer/engine/cache_pool.h"
+#include "hylo/infer/engine/engine.h"
 #include "hylo/train/data_shuffle.h"
 
 namespace hylo::train {
@@ -63,21 +63,15 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The engine for `o`: `o.batch` sequences at once; on the CPU without a budget, pools for `o.batch` sequences of
-// `tokens_per_sequence` tokens (the probe budget only reads the per-page and per-slot sizes).
+// The engine for `o`: `o.batch` sequences at once; on the CPU without a budget, exactly the pools `o.batch`
+// sequences of `tokens_per_sequence` tokens need.
 engine::EngineOptions teacher_engine_options(const CausalLM& teacher, const TeacherSampleOptions& o,
                                              int64_t tokens_per_sequence) {
   engine::EngineOptions e = o.engine;
   e.max_sequences = o.batch;
   e.max_step_tokens = std::max(e.max_step_tokens, o.batch);  // one decode token per running sequence fits a step
-  if (e.memory_bytes == 0 && !teacher.options().device().is_cuda()) {
-    engine::EngineOptions probe = e;
-    probe.memory_bytes = int64_t{1} << 40;
-    const engine::MemoryPlan unit = engine::CachePools::plan(teacher, probe);
-    const int64_t pages = (tokens_per_sequence + e.page_size - 1) / e.page_size;
-    e.memory_bytes = std::max<int64_t>(1, o.batch * pages * unit.bytes_per_page +
-                                              (o.batch + e.prefix_snapshots) * unit.bytes_per_slot);
-  }
+  if (e.memory_bytes == 0 && !teacher.options().device().is_cuda())
+    e.memory_bytes = std::max<int64_t>(1, engine::pool_bytes_needed(teacher, e, tokens_per_sequence, o.batch));
   e.validate();
   return e;
 }

@@ -12,6 +12,7 @@
 #include "hylo/config/layer_plan.h"
 #include "hylo/core/file_util.h"
 #include "hylo/core/progress.h"
+#include "hylo/infer/bench/device_memory.h"
 #include "hylo/model/checkpoint.h"
 #include "hylo/train/activation_checkpoint.h"
 #include "hylo/train/adamw.h"
@@ -339,6 +340,7 @@ Result<bool> run_training_stage(const Stage& st, size_t index, size_t count, con
   };
   if (start_step == 0 && st.eval_every > 0) eval_and_plot(0);
 
+  bench::reset_peak_memory(opt.device);  // the stage's peak: weights, teacher, optimizer state and activations
   const auto t0 = Clock::now();
   double window_loss = 0;
   int64_t window_steps = 0;
@@ -384,13 +386,16 @@ Result<bool> run_training_stage(const Stage& st, size_t index, size_t count, con
       bar->set(state.step - start_step);
     }
     if (rank == 0 && (state.step % st.log_every == 0 || state.step == total)) {
-      append_line(metrics, {{"step", state.step},
-                            {"tokens", state.tokens},
-                            {"loss", window_loss / static_cast<double>(window_steps)},
-                            {"lr", lr},
-                            {"grad_norm", grad_norm},
-                            {"tokens_per_s", tok_s},
-                            {"elapsed_s", state.elapsed_seconds + secs}});
+      nlohmann::json line = {{"step", state.step},
+                             {"tokens", state.tokens},
+                             {"loss", window_loss / static_cast<double>(window_steps)},
+                             {"lr", lr},
+                             {"grad_norm", grad_norm},
+                             {"tokens_per_s", tok_s},
+                             {"elapsed_s", state.elapsed_seconds + secs}};
+      // Rank 0's CUDA allocator peak so far in this stage (ranks are alike; with ZeRO-1 each holds its shard).
+      if (const double peak = bench::peak_memory_bytes(opt.device); std::isfinite(peak)) line["peak_gpu_bytes"] = peak;
+      append_line(metrics, line);
       window_loss = 0;
       window_steps = 0;
     }

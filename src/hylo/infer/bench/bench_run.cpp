@@ -76,14 +76,14 @@ int64_t pool_need(const engine::MemoryPlan& unit, int64_t page_size, int64_t tok
   return sequences * (ceil_div(tokens, page_size) * unit.bytes_per_page + unit.bytes_per_slot);
 }
 
-// The point's engine options: exactly the pools it needs (plus a page of slack), no prefix cache.
-engine::EngineOptions point_options(const BenchOptions& o, const engine::MemoryPlan& unit, int64_t tokens,
-                                    int64_t sequences) {
+// The point's engine options: exactly the pools it needs (the engine's own scratch page and slot counted), no
+// prefix cache.
+engine::EngineOptions point_options(const CausalLM& model, const BenchOptions& o, int64_t tokens, int64_t sequences) {
   engine::EngineOptions e = o.engine;
   e.max_sequences = sequences;
   e.prefix_snapshots = 0;
   e.max_step_tokens = std::max(e.max_step_tokens, sequences);
-  e.memory_bytes = pool_need(unit, e.page_size, tokens, sequences) + unit.bytes_per_page + unit.bytes_per_slot;
+  e.memory_bytes = engine::pool_bytes_needed(model, e, tokens, sequences);
   return e;
 }
 
@@ -111,7 +111,7 @@ ContextPoint run_context(CausalLM& model, const std::string& name, const BenchOp
     release_cached_memory(dev);
     synchronize(dev);
     reset_peak_memory(dev);
-    engine::Engine eng(model, point_options(o, unit, context + o.decode_tokens, 1));
+    engine::Engine eng(model, point_options(model, o, context + o.decode_tokens, 1));
     p.pool_bytes = eng.memory_plan().pool_bytes;
     engine::Request request;
     request.prompt = random_prompt(context, model.config().vocab_size, o.seed + static_cast<uint64_t>(context));
@@ -189,7 +189,7 @@ BatchPoint run_batch(CausalLM& model, const BenchOptions& o, const engine::Memor
     release_cached_memory(dev);
     synchronize(dev);
     reset_peak_memory(dev);
-    engine::Engine eng(model, point_options(o, unit, tokens, batch));
+    engine::Engine eng(model, point_options(model, o, tokens, batch));
     std::set<engine::SeqId> seqs, started;
     for (int64_t b = 0; b < batch; ++b) {
       engine::Request request;
