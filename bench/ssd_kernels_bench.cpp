@@ -3,6 +3,9 @@
 //   chunk H P N G T ms_kernel X ms_aten X err X    (batch 1, bf16 x/B/C/D, fp32 dt/A, initial and final state;
 //                                                   err = relative RMS difference of y between the two forms)
 //   step B H P N G us_kernel X us_aten X           (one decode token, fp32 state written in place)
+//   fwdbwd H P N G T ms_kernel X ms_aten X err X   (training: forward and backward of ssd_chunk with every input
+//                                                   requiring a gradient, batch 1, no initial state; the kernel side
+//                                                   is ssd_chunk_autograd; err = relative RMS difference of dx)
 // The ATen forms run with HYLO_SSD_KERNELS=0 (ops/ssd.cpp). Timings are medians of CUDA event pairs after warm-up.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -14,6 +17,8 @@
 #include <cstdlib>
 #include <functional>
 #include <vector>
+
+#include <torch/csrc/autograd/autograd.h>
 
 #include "cuda_event_timing.h"
 #include "hylo/ops/ssd.h"
@@ -71,6 +76,30 @@ void bench_step(int64_t batch, int64_t H, int64_t P, int64_t N, int64_t G) {
               long(N), long(G), uk, ua);
 }
 
+// Forward + backward (training): x, dt, A, B, C, D require a gradient; the gradients come from torch::autograd::grad
+// (no accumulation into .grad between repetitions).
+void bench_fwdbwd(int64_t H, int64_t P, int64_t N, int64_t G, int64_t T) {
+  Inputs in = make(1, T, H, P, N, G);
+  std::vector<at::Tensor> leaves = {in.x, in.dt, in.A, in.B, in.C, in.D};
+  for (auto& l : leaves) l = l.detach().requires_grad_(true);
+  const at::Tensor dy = at::randn_like(in.x);
+  auto run = [&] {
+    const hylo::SsdOutput o = hylo::ssd_chunk(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5],
+                                              at::Tensor(), 256);
+    return torch::autograd::grad({o.y}, leaves, {dy});
+  };
+  use_kernels(true);
+  const at::Tensor dxk = run()[0];
+  const double mk = median_cuda_ms([&] { run(); }, 2, 7);
+  use_kernels(false);
+  const at::Tensor dxa = run()[0];
+  const double ma = median_cuda_ms([&] { run(); }, 2, 7);
+  const at::Tensor d = dxk.to(at::kDouble) - dxa.to(at::kDouble);
+  const double err = d.norm().item<double>() / dxa.to(at::kDouble).norm().item<double>();
+  std::printf("fwdbwd H %ld P %ld N %ld G %ld T %ld ms_kernel %.3f ms_aten %.3f err %.2e\n", long(H), long(P),
+              long(N), long(G), long(T), mk, ma, err);
+}
+
 }  // namespace
 
 int main() {
@@ -78,15 +107,20 @@ int main() {
     std::printf("no CUDA device\n");
     return 1;
   }
-  c10::InferenceMode inference;
   at::manual_seed(0);
   // (H, P = head_dim, N = d_state, G = kv groups of B): SmolLM2-135M, Llama-3.2-1B, Llama-3.2-3B, Qwen3-1.7B plans.
   const std::vector<std::vector<int64_t>> shapes = {{9, 64, 64, 3}, {32, 64, 64, 8}, {24, 128, 128, 8},
                                                     {16, 128, 128, 8}};
+  {
+    c10::InferenceMode inference;
+    for (const auto& s : shapes)
+      for (int64_t T : {512, 4096}) bench_chunk(s[0], s[1], s[2], s[3], T);
+    for (const auto& s : shapes)
+      for (int64_t batch : {1, 32}) bench_step(batch, s[0], s[1], s[2], s[3]);
+  }
+  // Training (autograd on, outside the inference scope).
   for (const auto& s : shapes)
-    for (int64_t T : {512, 4096}) bench_chunk(s[0], s[1], s[2], s[3], T);
-  for (const auto& s : shapes)
-    for (int64_t batch : {1, 32}) bench_step(batch, s[0], s[1], s[2], s[3]);
+    for (int64_t T : {2048, 8192}) bench_fwdbwd(s[0], s[1], s[2], s[3], T);
   use_kernels(true);
   return 0;
 }

@@ -6,7 +6,8 @@ import os, re, sys
 W = os.path.join(sys.argv[1], 'src/hylo/kernels')
 D = os.path.join(sys.argv[2], 'src/hylo/kernels')
 files = ['common/cuda_check.h', 'common/dtype_io.cuh', 'common/poison.cpp', 'ssd/ssd_cuda.h', 'ssd/ssd_inputs.cuh',
-         'ssd/ssd_step.cu', 'ssd/ssd_chunk.cu']
+         'ssd/ssd_chunk_common.cuh', 'ssd/ssd_step.cu', 'ssd/ssd_chunk.cu', 'ssd/ssd_chunk_bwd.cu',
+         'ssd/ssd_autograd.cpp']
 for f in files:
     s = open(os.path.join(W, f)).read()
     if f.endswith('cuda_check.h'):

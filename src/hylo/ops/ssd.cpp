@@ -87,9 +87,10 @@ std::pair<at::Tensor, at::Tensor> step(const at::Tensor& S, const at::Tensor& x,
   return {y, S_new};
 }
 
-// The CUDA kernels (kernels/ssd) have no backward: they run only when no input needs a gradient (inference, or
-// under NoGradGuard) and the shape and dtypes are in their supported set. Everything else -- CPU tensors, fp64,
-// unsupported dims, calls that need a gradient -- takes the ATen forms below, on the tensors' own device.
+// The CUDA kernels (kernels/ssd) run when the shape and dtypes are in their supported set: the step and the chunk
+// forward when no input needs a gradient (inference, or under NoGradGuard), the chunk form with its backward
+// kernels (kernels::ssd_chunk_autograd) when one does. Everything else -- CPU tensors, fp64, unsupported dims,
+// a step that needs a gradient -- takes the ATen forms below, on the tensors' own device.
 bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
   if (!at::GradMode::is_enabled()) return false;
   for (const at::Tensor* t : ts)
@@ -103,6 +104,12 @@ bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
 // process can switch it.
 bool kernels_enabled() {
   const char* v = std::getenv("HYLO_SSD_KERNELS");
+  return v == nullptr || std::string(v) != "0";
+}
+// HYLO_SSD_KERNEL_BACKWARD=0 sends chunked calls that need a gradient to the ATen form (the differentiable
+// reference) while inference keeps the kernels: the escape hatch if the backward kernels alone are suspected.
+bool backward_kernel_enabled() {
+  const char* v = std::getenv("HYLO_SSD_KERNEL_BACKWARD");
   return v == nullptr || std::string(v) != "0";
 }
 #endif
@@ -181,9 +188,14 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
   if (chunk_size < 1) throw Error("ssd_chunk: chunk_size must be >= 1, got " + std::to_string(chunk_size));
 #ifdef HYLO_HAVE_CUDA
   // The kernel chunks by its own size: chunk_size changes only the ATen form's rounding, not the function.
-  if (x.is_cuda() && d.T >= 1 && kernels_enabled() && !needs_grad({&x, &dt, &A, &B, &C, &D, &initial_state}) &&
-      kernels::ssd_chunk_cuda_supports(x, dt, A, B, C, D, initial_state))
-    return kernels::ssd_chunk_cuda(x, dt, A, B, C, D, initial_state);
+  // Without a gradient the forward kernels run alone; with one, the autograd wrapper (forward kernels, backward
+  // kernels) unless HYLO_SSD_KERNEL_BACKWARD=0 keeps such calls on the ATen form below.
+  if (x.is_cuda() && d.T >= 1 && kernels_enabled() &&
+      kernels::ssd_chunk_cuda_supports(x, dt, A, B, C, D, initial_state)) {
+    if (!needs_grad({&x, &dt, &A, &B, &C, &D, &initial_state}))
+      return kernels::ssd_chunk_cuda(x, dt, A, B, C, D, initial_state);
+    if (backward_kernel_enabled()) return kernels::ssd_chunk_autograd(x, dt, A, B, C, D, initial_state);
+  }
 #endif
   const at::ScalarType ct = compute_type(x.scalar_type());
   const auto opts = x.options().dtype(ct);

@@ -14,9 +14,11 @@
 //     "(g h)" broadcast, identical to Llama's repeat_kv). Zebra's Mamba2 passes B with H_kv groups and C per head.
 //   * Everything is computed in fp32 (fp64 when x is fp64); y comes back in x's dtype, states in the compute
 //     dtype. D may be undefined (no skip term); an undefined initial state means zeros.
-//   * Autograd flows through plain ATen ops (no custom backward), so every form is differentiable.
+//   * The ATen forms are differentiable through plain ATen ops (no custom backward): the reference for the kernels.
 //   * On CUDA, ssd_chunk and ssd_recurrent run the kernels of kernels/ssd (fp32 arithmetic, same contract) when no
-//     input needs a gradient and the shape is supported; otherwise these ATen forms run, on the tensors' device.
+//     input needs a gradient and the shape is supported; ssd_chunk also when one does (its backward kernels,
+//     through kernels::ssd_chunk_autograd). Otherwise these ATen forms run, on the tensors' device.
+//     HYLO_SSD_KERNELS=0 turns every kernel off; HYLO_SSD_KERNEL_BACKWARD=0 only the gradient-needing route.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -2,13 +2,20 @@
 // step writing the mixer's state in place): a stateless forward, and a prefill followed by decode steps, against
 // the same layer in fp64 on the CPU. Bound: 4x the error of the same fp32 layer on the CPU (the ATen forms) plus
 // 1e-5, as the kernel tests (tests/cpp/kernels_ssd/ssd_cuda_test.cpp). Skipped without CUDA.
+// Also a training step (forward and backward with every parameter and the input requiring a gradient), where
+// ssd_chunk runs its autograd wrapper (forward and backward kernels): every gradient against the fp64 layer's,
+// bound 4x the same layer's error on the GPU in the ATen form (HYLO_SSD_KERNELS=0) plus 1e-5.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <set>
 #include <map>
 #include <string>
 #include <vector>
@@ -105,6 +112,66 @@ TEST(SsdCuda, Mamba2MixerOnCudaEqualsReference) {
   const double a_dec = rel_err(prefill_then_decode(*cpu, u.to(at::kFloat), pre, f32), whole_ref);
   std::printf("  mixer prefill + decode: cuda %.2e (cpu fp32 %.2e)\n", e_dec, a_dec);
   EXPECT_LE(e_dec, 4.0 * a_dec + 1e-5);
+}
+// Whether the autograd graph behind `out` holds a node of ssd_chunk's kernel wrapper (kernels::ssd_chunk_autograd).
+bool graph_has_ssd_kernel(const at::Tensor& out) {
+  std::deque<torch::autograd::Node*> todo = {out.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    torch::autograd::Node* n = todo.front();
+    todo.pop_front();
+    if (!n || !seen.insert(n).second) continue;
+    if (n->name().find("SsdChunkFn") != std::string::npos) return true;
+    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  return false;
+}
+
+// One training step's gradients: loss = sum(layer(u) * g); every parameter and u require a gradient.
+// Returns the gradients by parameter name, and u's under "input".
+std::map<std::string, at::Tensor> step_grads(Mixer& m, const at::Tensor& u, const at::Tensor& g, bool* kernel_ran) {
+  std::map<std::string, at::Tensor> leaves;
+  m.visit_parameters("", [&](const std::string& n, at::Tensor& p) {
+    p = p.detach().requires_grad_(true);
+    leaves[n] = p;
+  });
+  const at::Tensor x = u.detach().clone().requires_grad_(true);
+  const at::Tensor out = m.forward(x, at::arange(u.size(1)), nullptr);  // [B, T, D]
+  if (kernel_ran) *kernel_ran = graph_has_ssd_kernel(out);
+  (out * g.to(out.device(), out.scalar_type())).sum().backward();
+  std::map<std::string, at::Tensor> grads;
+  for (auto& [n, p] : leaves) grads[n] = p.grad();
+  grads["input"] = x.grad();
+  return grads;
+}
+
+TEST(SsdCuda, Mamba2MixerTrainingStepOnCudaEqualsAtenPath) {
+  HYLO_REQUIRE_CUDA();
+  const ModelConfig c = config();
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const auto gpu = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+  auto ref = make_mixer(c, c.layers[0], f64);
+  randomize(*ref);
+  const at::Tensor u = at::randn({2, 131, 64}, f64).to(at::kFloat).to(at::kDouble);  // fp32-exact
+  const at::Tensor g = at::randn({2, 131, 64}, f64).to(at::kFloat).to(at::kDouble);
+  const auto want = step_grads(*ref, u, g, nullptr);
+  auto kernel_layer = copy_of(*ref, c, gpu);
+  bool kernel_ran = false;
+  const auto got = step_grads(*kernel_layer, u.to(gpu), g, &kernel_ran);
+  EXPECT_TRUE(kernel_ran) << "the mixer's ssd_chunk did not run the kernel wrapper";
+  setenv("HYLO_SSD_KERNELS", "0", 1);
+  auto aten_layer = copy_of(*ref, c, gpu);
+  bool aten_kernel = true;
+  const auto aten = step_grads(*aten_layer, u.to(gpu), g, &aten_kernel);
+  unsetenv("HYLO_SSD_KERNELS");
+  EXPECT_FALSE(aten_kernel) << "HYLO_SSD_KERNELS=0 still ran the kernel wrapper";
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, w] : want) {
+    ASSERT_TRUE(got.at(name).defined() && aten.at(name).defined()) << name;
+    const double e = rel_err(got.at(name), w), a = rel_err(aten.at(name), w);
+    std::printf("  training step grad %-22s cuda kernels %.2e (cuda aten %.2e)\n", name.c_str(), e, a);
+    EXPECT_LE(e, 4.0 * a + 1e-5) << name;
+  }
 }
 #endif
 

@@ -196,7 +196,8 @@ TEST(SsdCuda, OpsRouteToKernelsAndKeepUnsupportedOnGpu) {
                                      w1.C.narrow(1, 0, 1), w1.D, w1.state);
   EXPECT_LT(rel_err(ws.y, token(ws_ref.y)), 1e-4);
 
-  // A gradient is needed: the differentiable ATen form runs, on the GPU.
+  // A gradient is needed: ssd_chunk runs its autograd wrapper (ssd_bwd_cuda_test.cpp), the step the ATen form;
+  // both stay on the GPU and differentiable.
   const at::Tensor x = g.x.to(at::kFloat).clone().requires_grad_(true);
   const SsdOutput gr = ssd_chunk(x, g.dt, g.A, g.B, g.C, g.D, g.state, 64);
   EXPECT_TRUE(gr.y.requires_grad() && gr.y.is_cuda());

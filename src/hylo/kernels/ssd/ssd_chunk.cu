@@ -21,6 +21,7 @@
 
 #include "hylo/kernels/common/cuda_check.h"
 #include "hylo/kernels/common/dtype_io.cuh"
+#include "hylo/kernels/ssd/ssd_chunk_common.cuh"
 #include "hylo/kernels/ssd/ssd_cuda.h"
 #include "hylo/kernels/ssd/ssd_inputs.cuh"
 
@@ -28,52 +29,15 @@ namespace hylo::kernels {
 
 namespace {
 
+using ssd::ChunkPos;
 using ssd::SsdArgs;
+using ssd::chunk_pos;
+using ssd::load_rows;
+using ssd::load_steps;
 
-constexpr int kChunk = 64;      // Q: tokens per chunk
+constexpr int kChunk = ssd::kChunk;  // Q: tokens per chunk
 constexpr int kThreads = 256;   // every launch
 constexpr int kMaxDim = 128;    // P and N bound: the output kernel's shared memory (below) must fit in 227 KB
-
-// One chunk's place: batch b, head h, chunk c covering tokens t0 .. t0 + len - 1.
-struct ChunkPos {
-  int64_t b, h, bh, c, t0;
-  int len;
-};
-
-__device__ __forceinline__ ChunkPos chunk_pos(const SsdArgs& a) {
-  ChunkPos p;
-  p.bh = blockIdx.y;
-  p.b = p.bh / a.H, p.h = p.bh % a.H;
-  p.c = blockIdx.x;
-  p.t0 = p.c * kChunk;
-  p.len = a.T - p.t0 < kChunk ? int(a.T - p.t0) : kChunk;
-  return p;
-}
-
-// Shared prologue of kernels 1 and 3: dt_s and dA_s = dt_s A_h for the chunk's tokens into dts/dAs [kChunk]
-// (zeros past len), then a barrier.
-__device__ __forceinline__ void load_steps(const SsdArgs& a, const ChunkPos& p, float* dts, float* dAs) {
-  const float A_h = load_as_float(a.A, p.h, a.tA);
-  for (int s = threadIdx.x; s < kChunk; s += blockDim.x) {
-    const float dt = s < p.len ? load_as_float(a.dt, (p.b * a.T + p.t0 + s) * a.H + p.h, a.tdt) : 0.0f;
-    dts[s] = dt;
-    dAs[s] = dt * A_h;
-  }
-  __syncthreads();
-}
-
-// Rows s < len of one of the chunk's [len, W] operands (x: W = P, B or C: W = N) into shared rows `ld` apart,
-// each value times scale[s] when scale is given.
-__device__ __forceinline__ void load_rows(float* dst, int ld, const void* src, ElemType t, const ChunkPos& p,
-                                          const SsdArgs& a, int64_t groups, int64_t group, int64_t W,
-                                          const float* scale) {
-  for (int64_t i = threadIdx.x; i < int64_t(p.len) * W; i += blockDim.x) {
-    const int s = int(i / W), w = int(i % W);
-    const int64_t bt = p.b * a.T + p.t0 + s;
-    const float v = load_as_float(src, (bt * groups + group) * W + w, t);
-    dst[s * ld + w] = scale ? v * scale[s] : v;
-  }
-}
 
 // Grid (chunks, B * H). states [BH, nc, P, N] fp32 receives local_c; chunk_decay [BH, nc] fp32.
 // Shared: xdt [kChunk][P], Bw [kChunk][N], dts/dAs [kChunk], w [kChunk].
@@ -207,6 +171,46 @@ bool ssd_chunk_cuda_supports(const at::Tensor& x, const at::Tensor& dt, const at
          ssd::inputs_ok({&x, &dt, &A, &B, &C, &D}, state);
 }
 
+namespace {
+
+// Reserves `bytes` of dynamic shared memory for `kernel` (above 48 KB a kernel must opt in).
+void reserve_smem(const void* kernel, size_t bytes, const char* who, int64_t P, int64_t N) {
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (e != cudaSuccess)
+    throw Error(std::string(who) + ": cannot reserve " + std::to_string(bytes) + " bytes of shared memory (P=" +
+                std::to_string(P) + ", N=" + std::to_string(N) + "): " + cudaGetErrorString(e));
+}
+
+}  // namespace
+
+namespace ssd {
+
+ChunkStates chunk_states(const SsdArgs& a, const at::Tensor& init, const at::TensorOptions& f32) {
+  const int64_t BH = a.batch * a.H, nc = (a.T + kChunk - 1) / kChunk, PN = a.P * a.N;
+  ChunkStates out;
+  out.final_state = empty_output({a.batch, a.H, a.P, a.N}, f32);  // [B, H, P, N]
+  // Intermediates are poisoned too (in tests): a chunk the first kernel failed to write shows up as NaN.
+  out.states = empty_output({BH, nc, a.P, a.N}, f32);  // [BH, nc, P, N] local_c, then entering states
+  out.chunk_decay = empty_output({BH, nc}, f32);      // [BH, nc]
+  if (BH == 0) return out;
+  const cudaStream_t stream = current_stream();
+  const dim3 chunks{unsigned(nc), unsigned(BH)};  // braces: unsigned(nc) would parse as a declaration
+  const size_t state_smem = sizeof(float) * size_t(kChunk * (a.P + a.N) + 3 * kChunk);
+  reserve_smem(reinterpret_cast<const void*>(chunk_state_kernel), state_smem, "ssd_chunk_cuda", a.P, a.N);
+  chunk_state_kernel<<<chunks, kThreads, state_smem, stream>>>(a, out.states.data_ptr<float>(),
+                                                               out.chunk_decay.data_ptr<float>());
+  check_launch("ssd_chunk_cuda chunk_state_kernel");
+  const dim3 pass_grid(unsigned((PN + kThreads - 1) / kThreads), unsigned(BH));
+  state_pass_kernel<<<pass_grid, kThreads, 0, stream>>>(out.states.data_ptr<float>(),
+                                                        out.chunk_decay.data_ptr<float>(),
+                                                        init.defined() ? init.data_ptr<float>() : nullptr,
+                                                        out.final_state.data_ptr<float>(), PN, nc);
+  check_launch("ssd_chunk_cuda state_pass_kernel");
+  return out;
+}
+
+}  // namespace ssd
+
 SsdOutput ssd_chunk_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                          const at::Tensor& C, const at::Tensor& D, const at::Tensor& state) {
   const c10::cuda::CUDAGuard guard(x.device());
@@ -215,40 +219,22 @@ SsdOutput ssd_chunk_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Te
   if (a.P > kMaxDim || a.N > kMaxDim || a.T < 1)
     throw Error("ssd_chunk_cuda: need T >= 1 and P, N <= " + std::to_string(kMaxDim) + ", got T=" +
                 std::to_string(a.T) + " P=" + std::to_string(a.P) + " N=" + std::to_string(a.N));
-  const int64_t BH = a.batch * a.H, nc = (a.T + kChunk - 1) / kChunk, PN = a.P * a.N;
+  const int64_t BH = a.batch * a.H, nc = (a.T + kChunk - 1) / kChunk;
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor y = empty_output({a.batch, a.T, a.H, a.P}, x.options());  // [B, T, H, P]
-  at::Tensor final_state = empty_output({a.batch, a.H, a.P, a.N}, f32);  // [B, H, P, N]
-  if (BH == 0) return {y, final_state};
-  // Intermediates are poisoned too (in tests): a chunk the first kernel failed to write shows up as NaN.
-  at::Tensor states = empty_output({BH, nc, a.P, a.N}, f32);  // [BH, nc, P, N] local_c, then entering states
-  at::Tensor chunk_decay = empty_output({BH, nc}, f32);      // [BH, nc]
   const at::Tensor init = state.defined() ? state.contiguous() : at::Tensor();  // [B, H, P, N]
+  // Kernels 1 and 2: the states entering each chunk (written over the chunks' local states) and the final state.
+  const ssd::ChunkStates cs = ssd::chunk_states(a, init, f32);
+  if (BH == 0) return {y, cs.final_state};
 
   const cudaStream_t stream = current_stream();
-  const dim3 chunks{unsigned(nc), unsigned(BH)};  // braces: unsigned(nc) would parse as a declaration
-  const size_t state_smem = sizeof(float) * size_t(kChunk * (a.P + a.N) + 3 * kChunk);
+  const dim3 chunks{unsigned(nc), unsigned(BH)};
+  // The output kernel needs up to 182 KB of shared memory at P = N = 128.
   const size_t output_smem = sizeof(float) * size_t(output_smem_floats(a.P, a.N));
-  // Above 48 KB a kernel must opt in to dynamic shared memory (the output kernel needs up to 182 KB at 128/128).
-  using KernelSmem = std::pair<const void*, size_t>;
-  for (auto [kernel, bytes] : {KernelSmem{reinterpret_cast<const void*>(chunk_state_kernel), state_smem},
-                               KernelSmem{reinterpret_cast<const void*>(chunk_output_kernel), output_smem}}) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-    if (e != cudaSuccess)
-      throw Error("ssd_chunk_cuda: cannot reserve " + std::to_string(bytes) + " bytes of shared memory (P=" +
-                  std::to_string(a.P) + ", N=" + std::to_string(a.N) + "): " + cudaGetErrorString(e));
-  }
-  chunk_state_kernel<<<chunks, kThreads, state_smem, stream>>>(a, states.data_ptr<float>(),
-                                                               chunk_decay.data_ptr<float>());
-  check_launch("ssd_chunk_cuda chunk_state_kernel");
-  const dim3 pass_grid(unsigned((PN + kThreads - 1) / kThreads), unsigned(BH));
-  state_pass_kernel<<<pass_grid, kThreads, 0, stream>>>(states.data_ptr<float>(), chunk_decay.data_ptr<float>(),
-                                                        init.defined() ? init.data_ptr<float>() : nullptr,
-                                                        final_state.data_ptr<float>(), PN, nc);
-  check_launch("ssd_chunk_cuda state_pass_kernel");
-  chunk_output_kernel<<<chunks, kThreads, output_smem, stream>>>(a, states.data_ptr<float>(), y.data_ptr());
+  reserve_smem(reinterpret_cast<const void*>(chunk_output_kernel), output_smem, "ssd_chunk_cuda", a.P, a.N);
+  chunk_output_kernel<<<chunks, kThreads, output_smem, stream>>>(a, cs.states.data_ptr<float>(), y.data_ptr());
   check_launch("ssd_chunk_cuda chunk_output_kernel");
-  return {y, final_state};
+  return {y, cs.final_state};
 }
 
 }  // namespace hylo::kernels

@@ -1,6 +1,7 @@
 // CUDA forms of Mamba2's SSD scan (ops/ssd.h), same contract and shapes as the ATen forms, which stay the CPU
-// path, the autograd path and the test oracle. ops/ssd.cpp routes CUDA tensors here when no input needs a
-// gradient and the shape is supported (neither kernel has a backward yet).
+// path and the test oracle. ops/ssd.cpp routes CUDA tensors here when the shape is supported: the step and the
+// chunk forward when no input needs a gradient, and the chunk form with its backward (ssd_chunk_autograd) when
+// one does.
 //
 //   ssd_step_cuda   token by token (decode): the fp32 state [P, N] of a head held in registers across the tokens
 //                   of one call, read once and written once (in place when asked). Any T (meant for T = 1).
@@ -35,5 +36,24 @@ bool ssd_chunk_cuda_supports(const at::Tensor& x, const at::Tensor& dt, const at
 // The chunk size is the kernel's own (64); the ATen form's chunk_size changes only its rounding, not the function.
 SsdOutput ssd_chunk_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                          const at::Tensor& C, const at::Tensor& D, const at::Tensor& state);
+
+// Gradients of ssd_chunk_cuda's inputs, each in its input's dtype (d_initial_state fp32; dD and d_initial_state
+// undefined when D or the initial state is).
+struct SsdGrads {
+  at::Tensor dx, ddt, dA, dB, dC, dD, d_initial_state;
+};
+// The chunked backward (ssd_chunk_bwd.cu): given the forward's inputs and the upstream gradients dy [B, T, H, P]
+// (fp32, bf16 or fp16) and d_final_state [B, H, P, N] (any float dtype, or undefined = 0), recomputes the states
+// entering each chunk and returns every input's gradient. fp32 arithmetic throughout. Same supported set as
+// ssd_chunk_cuda (ssd_chunk_cuda_supports).
+SsdGrads ssd_chunk_backward_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                                 const at::Tensor& C, const at::Tensor& D, const at::Tensor& state,
+                                 const at::Tensor& dy, const at::Tensor& d_final_state);
+
+// ssd_chunk_cuda as a differentiable op (torch::autograd::Function: forward the chunk kernels, backward
+// ssd_chunk_backward_cuda). Keeps only the inputs between forward and backward. Gradients flow to every input that
+// requires one, from y, from the final state, or both.
+SsdOutput ssd_chunk_autograd(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                             const at::Tensor& C, const at::Tensor& D, const at::Tensor& state);
 
 }  // namespace hylo::kernels
