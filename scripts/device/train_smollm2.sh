@@ -39,7 +39,7 @@
 set -uo pipefail
 mode="${1:-}"; shift || true
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+root="${HYLO_TRAIN_ROOT:-$(cd "$here/../.." && pwd)}"
 W="${HYLO_TRAIN_WORK:-/tmp/hylo-smol}"   # the machine's disk, outside the carried tree
 DEV="${HYLO_TRAIN_DEVICE:-cuda}"         # cpu: the dry run of the driver described above
 say() { printf '[train-smollm2 %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
@@ -378,7 +378,10 @@ start() {
     size_recipe || exit 1
   fi
   say "setup took $(( SECONDS - t0 )) s; starting the run"
-  setsid nohup bash "$here/train_smollm2.sh" driver > "$W/driver.out" 2>&1 < /dev/null &
+  # bash reads a script as it runs: the driver runs from a copy, since a later call (another job sent while this run
+  # goes on) brings a fresh copy of the tree. HYLO_TRAIN_ROOT keeps the copy's paths pointing into the tree.
+  cp "$here/train_smollm2.sh" "$W/driver.sh"
+  HYLO_TRAIN_ROOT="$root" setsid nohup bash "$W/driver.sh" driver > "$W/driver.out" 2>&1 < /dev/null &
   sleep 5
   wait_run $(( budget - (SECONDS - t0) ))
 }

@@ -8,7 +8,7 @@
 #   bash scripts/dev/cuda_host_emu/ssd_run.sh [B T H P N G Gc WITH_STATE f32|bf16]
 #   (the backward alone: HYLO_EMU_BWD=1 ... ssd_run.sh B T H P N G Gc WITH_STATE WITH_D WITH_DFINAL f32|bf16)
 # Needs build/cpu-release (libhylo_torch.a, libhylo_base.a) built first (or HYLO_BUILD_DIR naming another CPU
-# build). CPU builds that find the CUDA headers run it as the CTest emu.ssd_kernels (tests/CMakeLists.txt).
+# build). Not a CTest: about 5 minutes on 2 cores would push `make test` past its 30-minute budget.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
