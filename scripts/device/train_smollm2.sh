@@ -30,9 +30,10 @@
 # Environment: RECIPE (a path in the repository), MOBY_REST and NUM_SAMPLES (scripts/data-smollm2-distill.sh),
 # SIZE_FROM_RATES, TRAIN_SECONDS, ILD_SHARE, SAMPLE_SECONDS, GROUP_OF_ONE_STAGES (stage names run as a one-rank
 # data-parallel job: NCCL on the GPU), GEN_SECONDS (the sampler starts no sample after it; default SAMPLE_SECONDS - 40).
-# The second run (2026-12-02) and the third's design, docs/results.md:
+# The fourth run (2026-12-02, 1.291x the teacher's held-out perplexity; its exact calls: docs/results.md):
 #   MOBY_REST=1 bash scripts/device/train_smollm2.sh build; then every call with
-#   RECIPE=recipes/train/smollm2-135m-6mla24gdn-v3.yaml SIZE_FROM_RATES=1 (and NUM_SAMPLES, GEN_BATCH for `start`).
+#   RECIPE=recipes/train/smollm2-135m-6mla24gdn-v3.yaml SIZE_FROM_RATES=1 (`start` also with TRAIN_SECONDS=1000
+#   NUM_SAMPLES=32768 GEN_BATCH=512 SAMPLE_SECONDS=330).
 # Dry run of the driver on the CPU (tiny models in $HYLO_TRAIN_WORK/run-inputs, a tiny recipe):
 #   HYLO_TRAIN_WORK=DIR HYLO_TRAIN_DEVICE=cpu RECIPE=/abs/recipe.yaml HYLO_TRAIN_TEACHER=MODEL EVAL_CONTEXT=64 \
 #     bash scripts/device/train_smollm2.sh driver
