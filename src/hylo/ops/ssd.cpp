@@ -99,12 +99,26 @@ bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
 }
 
 #ifdef HYLO_HAVE_CUDA
-// HYLO_SSD_KERNELS=0 sends every call to the ATen forms: the escape hatch if a kernel is ever suspected, and how
-// bench/ssd_kernels_bench.cpp times the ATen forms on the GPU. Read on every call (a few hundred ns) so that a
-// process can switch it.
-bool kernels_enabled() {
+// HYLO_SSD_KERNELS picks the route on the GPU: unset, the kernels where they are faster (chunk_kernel_pays); 0, the
+// ATen forms everywhere (the escape hatch if a kernel is ever suspected, and how bench/ssd_kernels_bench.cpp times
+// them); 1, the kernels wherever they support the shape (how the benchmark times the kernels past the crossover).
+// Read on every call (a few hundred ns) so that a process can switch it.
+enum class KernelUse { kNever, kWhereFaster, kAlways };
+KernelUse kernel_use() {
   const char* v = std::getenv("HYLO_SSD_KERNELS");
-  return v == nullptr || std::string(v) != "0";
+  if (v == nullptr) return KernelUse::kWhereFaster;
+  const std::string s(v);
+  return s == "0" ? KernelUse::kNever : s == "1" ? KernelUse::kAlways : KernelUse::kWhereFaster;
+}
+// The chunk kernels are fp32 CUDA-core code; the ATen form runs its intra-chunk products as cuBLAS tensor-core
+// GEMMs. With a 64 x 64 state the kernels win everywhere measured (1.5-7.7x, forward and forward + backward); with a
+// 128 x 128 state they win only while batch x tokens x heads is small. On the H200 (docs/benchmarks.md, SSD
+// section): the forward wins at 8,192 and 12,288 rows and loses at 65,536 and 98,304 (0.66-0.77x); forward +
+// backward wins at 32,768 (1.46x) and loses at 49,152 (0.85x) and beyond. 40,960 sits between both pairs.
+bool chunk_kernel_pays(const Dims& d) {
+  constexpr int64_t kLargeState = 128 * 128;
+  constexpr int64_t kCrossoverRows = 40960;
+  return d.P * d.N < kLargeState || d.batch * d.T * d.H <= kCrossoverRows;
 }
 // HYLO_SSD_KERNEL_BACKWARD=0 sends chunked calls that need a gradient to the ATen form (the differentiable
 // reference) while inference keeps the kernels: the escape hatch if the backward kernels alone are suspected.
@@ -140,7 +154,7 @@ SsdOutput ssd_recurrent(const at::Tensor& x, const at::Tensor& dt, const at::Ten
                   state_out.device().str());
   }
 #ifdef HYLO_HAVE_CUDA
-  if (x.is_cuda() && !grad && kernels_enabled()) {
+  if (x.is_cuda() && !grad && kernel_use() != KernelUse::kNever) {
     // The kernel takes the [B, T, ...] layout; one token is T = 1.
     const at::Tensor xt = x.unsqueeze(1), dtt = dt.unsqueeze(1), Bt = B.unsqueeze(1), Ct = C.unsqueeze(1);
     if (kernels::ssd_step_cuda_supports(xt, dtt, A, Bt, Ct, D, state)) {
@@ -190,7 +204,8 @@ SsdOutput ssd_chunk(const at::Tensor& x, const at::Tensor& dt, const at::Tensor&
   // The kernel chunks by its own size: chunk_size changes only the ATen form's rounding, not the function.
   // Without a gradient the forward kernels run alone; with one, the autograd wrapper (forward kernels, backward
   // kernels) unless HYLO_SSD_KERNEL_BACKWARD=0 keeps such calls on the ATen form below.
-  if (x.is_cuda() && d.T >= 1 && kernels_enabled() &&
+  const KernelUse use = kernel_use();
+  if (x.is_cuda() && d.T >= 1 && use != KernelUse::kNever && (use == KernelUse::kAlways || chunk_kernel_pays(d)) &&
       kernels::ssd_chunk_cuda_supports(x, dt, A, B, C, D, initial_state)) {
     if (!needs_grad({&x, &dt, &A, &B, &C, &D, &initial_state}))
       return kernels::ssd_chunk_cuda(x, dt, A, B, C, D, initial_state);

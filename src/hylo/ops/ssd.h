@@ -17,8 +17,10 @@
 //   * The ATen forms are differentiable through plain ATen ops (no custom backward): the reference for the kernels.
 //   * On CUDA, ssd_chunk and ssd_recurrent run the kernels of kernels/ssd (fp32 arithmetic, same contract) when no
 //     input needs a gradient and the shape is supported; ssd_chunk also when one does (its backward kernels,
-//     through kernels::ssd_chunk_autograd). Otherwise these ATen forms run, on the tensors' device.
-//     HYLO_SSD_KERNELS=0 turns every kernel off; HYLO_SSD_KERNEL_BACKWARD=0 only the gradient-needing route.
+//     through kernels::ssd_chunk_autograd), except with a 128 x 128 state over more than 40,960 batch x token x head
+//     rows, where the ATen form's tensor-core GEMMs are faster. Otherwise these ATen forms run, on the tensors'
+//     device. HYLO_SSD_KERNELS=0 turns every kernel off, =1 uses them wherever supported (past the crossover too);
+//     HYLO_SSD_KERNEL_BACKWARD=0 turns off only the gradient-needing route.
 #pragma once
 
 #include <ATen/ATen.h>

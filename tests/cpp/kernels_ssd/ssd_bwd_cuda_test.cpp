@@ -242,6 +242,39 @@ TEST(SsdBwdCuda, SwitchesAndUnsupportedShapesKeepTheAtenForm) {
   for (size_t i = 0; i < L.size(); ++i) EXPECT_LT(rel_err(L[i].grad(), wref[i]), 1e-4) << kNames[i] << " P=160";
 }
 
+// The crossover (ops/ssd.cpp, chunk_kernel_pays): with a 128 x 128 state, up to 40,960 batch x token x head rows
+// ssd_chunk runs the kernels, past it the ATen form, forward and with gradients; HYLO_SSD_KERNELS=1 keeps the
+// kernels past it and =0 the ATen form below it. The forward routes are told apart bit for bit.
+TEST(SsdBwdCuda, LargeStatesPastTheCrossoverTakeTheAtenForm) {
+  HYLO_REQUIRE_CUDA();
+  at::NoGradGuard no_grad;  // the forward-only route first
+  for (int64_t T : {640, 641}) {  // 640 x 64 heads = 40,960 rows: the last one on the kernels
+    const Problem p = make({1, T, 64, 128, 128, 8, 64, true, true, false}, at::kBFloat16, 95 + T, at::kCUDA);
+    const auto& L = p.leaves;
+    const SsdOutput kernel = kernels::ssd_chunk_cuda(L[0], L[1], L[2], L[3], L[4], L[5], L[6]);
+    setenv("HYLO_SSD_KERNELS", "0", 1);
+    const SsdOutput aten = ssd_chunk(L[0], L[1], L[2], L[3], L[4], L[5], L[6], 256);
+    setenv("HYLO_SSD_KERNELS", "1", 1);
+    const SsdOutput forced = ssd_chunk(L[0], L[1], L[2], L[3], L[4], L[5], L[6], 256);
+    unsetenv("HYLO_SSD_KERNELS");
+    const SsdOutput chosen = ssd_chunk(L[0], L[1], L[2], L[3], L[4], L[5], L[6], 256);
+    ASSERT_FALSE(at::equal(kernel.y, aten.y)) << "the two forms must differ in rounding for this test to see a route";
+    EXPECT_TRUE(at::equal(forced.y, kernel.y)) << "HYLO_SSD_KERNELS=1 did not run the kernel, T=" << T;
+    EXPECT_TRUE(at::equal(chosen.y, T == 640 ? kernel.y : aten.y)) << "wrong route by default, T=" << T;
+    EXPECT_TRUE(at::equal(chosen.final_state, T == 640 ? kernel.final_state : aten.final_state)) << "T=" << T;
+  }
+  {
+    at::AutoGradMode grad(true);
+    for (int64_t T : {640, 641}) {
+      const Problem p = make({1, T, 64, 128, 128, 8, 64, true, true, true}, at::kBFloat16, 97, at::kCUDA);
+      std::vector<at::Tensor> L = p.leaves;
+      for (auto& l : L) l = l.detach().clone().requires_grad_(true);
+      const SsdOutput r = ssd_chunk(L[0], L[1], L[2], L[3], L[4], L[5], L[6], 256);
+      EXPECT_EQ(through_wrapper(r.y), T == 640) << "gradient route, T=" << T;
+    }
+  }
+}
+
 TEST(SsdBwdCuda, RejectsMismatchedUpstreamGradients) {
   HYLO_REQUIRE_CUDA();
   const Problem p = make({1, 70, 2, 64, 64, 1, 2, true, true, true}, at::kFloat, 95, at::kCUDA);
