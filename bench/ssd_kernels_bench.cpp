@@ -6,7 +6,8 @@
 //   fwdbwd H P N G T ms_kernel X ms_aten X err X   (training: forward and backward of ssd_chunk with every input
 //                                                   requiring a gradient, batch 1, no initial state; the kernel side
 //                                                   is ssd_chunk_autograd; err = relative RMS difference of dx)
-// The ATen forms run with HYLO_SSD_KERNELS=0 (ops/ssd.cpp). Timings are medians of CUDA event pairs after warm-up.
+// The ATen forms run with HYLO_SSD_KERNELS=0, the kernels with =1 (forced past the routing crossover of ops/ssd.cpp,
+// so the rows show where it lies). Timings are medians of CUDA event pairs after warm-up.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/core/InferenceMode.h>
