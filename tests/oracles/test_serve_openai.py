@@ -565,6 +565,19 @@ def test_queue_full_and_graceful_shutdown(model_dir, tmp_path):
             time.sleep(0.01)
         status, answer = http(s, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}, key=None)
         assert status == 503 and answer["error"]["code"] == "shutting_down"
+        # The engine finishes the generation while this client reads nothing, so the rest of the stream waits in
+        # the server (its queue, the socket): the drain must not end before it is written. It once did, in CI, when
+        # the HTTP worker lagged behind the engine; with this machine's socket buffers the stream fits and the old
+        # code passes too, so this only widens that window. A refused connection means the server already stopped;
+        # the stream below shows whether it was whole.
+        deadline = time.monotonic() + 120
+        try:
+            while metric(s, "hylo_requests_in_flight") != 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)
+        except OSError:
+            pass
         sock.settimeout(120)
         while b"[DONE]" not in got:
             more = sock.recv(65536)

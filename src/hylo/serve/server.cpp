@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <mutex>
 #include <random>
@@ -75,6 +76,12 @@ struct Server::Impl {
   int bound_port = -1;
   std::once_flag shutdown_once;
   std::atomic<bool> draining{false};
+  // Streaming responses not yet fully written. The engine can finish a generation long before its stream has
+  // reached a slow client (the events wait in the handle and the socket), and stopping the listener aborts every
+  // stream still being written, so a graceful shutdown waits for these too.
+  std::mutex streams_mutex;
+  std::condition_variable streams_done;
+  int64_t open_streams = 0;
 
   Impl(ServerOptions o, engine::Engine& e, const tok::Tokenizer& t) : options(std::move(o)), engine(e), tokenizer(t) {
     eos_ids = generation_stop_ids(engine.model().config(), &tokenizer, GenerateOptions{});  // as hylo generate
@@ -207,6 +214,10 @@ struct Server::Impl {
   void stream(httplib::Response& res, Prepared& p, const std::shared_ptr<RequestHandle>& handle,
               Clock::time_point t0) {
     auto state = std::make_shared<StreamState>(std::move(p), handle, t0, deadline_from(t0), tokenizer);
+    {
+      std::lock_guard lock(streams_mutex);
+      ++open_streams;  // the releaser below runs exactly once, when the response ends (httplib's ~Response)
+    }
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
@@ -223,6 +234,11 @@ struct Server::Impl {
                 break;
               }
           }
+          {
+            std::lock_guard lock(streams_mutex);
+            --open_streams;
+          }
+          streams_done.notify_all();
         });
   }
 
@@ -422,12 +438,22 @@ void Server::run() { impl_->http.listen_after_bind(); }
 void Server::shutdown(double drain_timeout_s) {
   auto& s = *impl_;
   std::call_once(s.shutdown_once, [&] {
+    using Clock = std::chrono::steady_clock;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s * 1000));
+    auto streams_written = [&](Clock::time_point until) {
+      std::unique_lock lock(s.streams_mutex);
+      return s.streams_done.wait_until(lock, until, [&] { return s.open_streams == 0; });
+    };
     s.draining = true;
     s.async->begin_shutdown();
-    s.async->wait_drained(std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s * 1000)));
+    // In-flight generations end, then their streams reach their clients, both within the drain time.
+    const bool drained = s.async->wait_drained(std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::max(deadline - Clock::now(), Clock::duration::zero()))) &&
+                         streams_written(deadline);
     // What did not finish in time is cancelled now, so that every stream sees its last chunk and the HTTP
-    // workers (which stop() joins) can end.
+    // workers (which stop() joins) can end; a graceful shutdown gives those last chunks a moment to go out.
     s.async->stop();
+    if (!drained && drain_timeout_s > 0) streams_written(Clock::now() + std::chrono::seconds(1));
     s.http.stop();
   });
 }
