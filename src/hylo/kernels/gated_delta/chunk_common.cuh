@@ -1,5 +1,5 @@
-// Shared pieces of the chunked gated delta kernels (gated_delta_chunk.cu): the chunk size, tile copies between
-// global and shared memory, and the bf16 tensor-core tile products (WMMA 16x16x16, fp32 accumulation).
+// Shared pieces of the chunked gated delta kernels (gated_delta_chunk.cu, gated_delta_chunk_bwd.cu): the chunk size,
+// a state-walk block's place in its grid, tile copies between global and shared memory, and the bf16 tensor-core tile products (WMMA 16x16x16, fp32 accumulation).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,6 +23,26 @@ using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>
 using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
 using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B read transposed
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// A block of a segmented state walk (the forward's two walks and the backward's reverse walk share this grid:
+// x = n_blocks + m_blocks, y = segments P, z = batch x heads). x picks BV value rows r0.. of an N block, or of an M
+// block (x >= n_blocks, which walks the identity for the segment's transition); y the segment, chunks
+// [n_begin, n_end); z the (batch b, head h). Args: the kernel's arguments (n_blocks, H, NC, chunks_per_seg).
+struct WalkBlock {
+  bool m_block;
+  int64_t r0, seg, P, bh, b, h, n_begin, n_end;
+};
+template <class Args>
+__device__ __forceinline__ WalkBlock walk_block(const Args& a, int BV) {
+  WalkBlock w;
+  w.m_block = int(blockIdx.x) >= a.n_blocks;
+  w.r0 = int64_t(w.m_block ? int(blockIdx.x) - a.n_blocks : int(blockIdx.x)) * BV;
+  w.seg = blockIdx.y, w.P = gridDim.y, w.bh = blockIdx.z;
+  w.b = w.bh / a.H, w.h = w.bh % a.H;
+  w.n_begin = w.seg * a.chunks_per_seg;
+  w.n_end = a.NC < w.n_begin + a.chunks_per_seg ? a.NC : w.n_begin + a.chunks_per_seg;
+  return w;
+}
 
 // Copies `rows` x `cols` bf16 (cols a multiple of 8) from global rows `gstride` apart into shared rows
 // `sstride` apart, 16 bytes per thread-iteration; rows >= valid_rows are zero-filled (the padded tail chunk).

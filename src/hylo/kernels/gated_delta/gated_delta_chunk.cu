@@ -228,12 +228,7 @@ __global__ void __launch_bounds__(kThreads) state_kernel(StateArgs a) {
   float* gam = reinterpret_cast<float*>(smem + S::g_off);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const bool m_block = int(blockIdx.x) >= a.n_blocks;
-  const int64_t r0 = int64_t(m_block ? int(blockIdx.x) - a.n_blocks : int(blockIdx.x)) * BV;
-  const int64_t seg = blockIdx.y, bh = blockIdx.z, P = gridDim.y;
-  const int64_t b = bh / a.H, h = bh % a.H;
-  const int64_t n_begin = seg * a.chunks_per_seg;
-  const int64_t n_end = a.NC < n_begin + a.chunks_per_seg ? a.NC : n_begin + a.chunks_per_seg;
+  const auto [m_block, r0, seg, P, bh, b, h, n_begin, n_end] = walk_block(a, BV);
   const bf16* u = m_block ? nullptr : a.u;
   bf16* hout = m_block ? nullptr : a.h;
   bf16* vnout = m_block ? nullptr : a.vnew;
@@ -418,12 +413,7 @@ __global__ void __launch_bounds__(kRegThreads) state_reg_kernel(StateArgs a) {
   float* xs = reinterpret_cast<float*>(smem + S::x_off) + warp * 16 * S::ldx;  // this warp's scratch
   const int j0 = warp * 16;                   // the warp's rows of S within the block
   const int lr = lane >> 1, lc = (lane & 1) * 8;  // a lane's 8 elements of a 16 x 16 tile: row lr, columns lc..+7
-  const bool m_block = int(blockIdx.x) >= a.n_blocks;
-  const int64_t r0 = int64_t(m_block ? int(blockIdx.x) - a.n_blocks : int(blockIdx.x)) * BV;
-  const int64_t seg = blockIdx.y, bh = blockIdx.z, P = gridDim.y;
-  const int64_t b = bh / a.H, h = bh % a.H;
-  const int64_t n_begin = seg * a.chunks_per_seg;
-  const int64_t n_end = a.NC < n_begin + a.chunks_per_seg ? a.NC : n_begin + a.chunks_per_seg;
+  const auto [m_block, r0, seg, P, bh, b, h, n_begin, n_end] = walk_block(a, BV);
   // Per-block bases (few long-lived 64-bit values: the state takes Dk/2 registers of each thread).
   const bf16* wg = a.w + bh * a.NC * C * DK;                         // + n C DK
   const bf16* kg = a.k + (b * a.T * a.H + h) * DK;                   // + t H DK

@@ -223,11 +223,8 @@ __global__ void __launch_bounds__(kThreads) dstate_kernel(DStateArgs a) {
   bf16* nb = reinterpret_cast<bf16*>(smem + S::nb_off);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const bool m_block = int(blockIdx.x) >= a.n_blocks;
-  const int64_t r0 = int64_t(m_block ? int(blockIdx.x) - a.n_blocks : int(blockIdx.x)) * BV;
-  const int64_t seg = blockIdx.y, P = gridDim.y, rseg = P - 1 - seg, bh = blockIdx.z, b = bh / a.H, h = bh % a.H;
-  const int64_t n_begin = seg * a.chunks_per_seg;
-  const int64_t n_end = a.NC < n_begin + a.chunks_per_seg ? a.NC : n_begin + a.chunks_per_seg;
+  const auto [m_block, r0, seg, P, bh, b, h, n_begin, n_end] = walk_block(a, BV);
+  const int64_t rseg = P - 1 - seg;
   bf16* dhs_out = m_block ? nullptr : a.dhs;
   bf16* dvn_out = m_block ? nullptr : a.dvn;
 

@@ -34,6 +34,7 @@ using ssd::SsdArgs;
 using ssd::chunk_pos;
 using ssd::load_rows;
 using ssd::load_steps;
+using ssd::sum_row_outer_products;
 
 constexpr int kChunk = ssd::kChunk;  // Q: tokens per chunk
 constexpr int kThreads = 256;   // every launch
@@ -66,15 +67,8 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, float*
   load_rows(xdt, int(P), a.x, a.tx, p, a, a.H, p.h, P, dts);
   load_rows(Bw, int(N), a.B, a.tB, p, a, a.G, p.h / (a.H / a.G), N, w);
   __syncthreads();
-  // local[pp][n] = sum_s xdt[s][pp] Bw[s][n]: a warp spans consecutive n (conflict-free rows of Bw, one
-  // broadcast xdt value).
-  float* out = states + (p.bh * nc + p.c) * P * N;
-  for (int64_t o = threadIdx.x; o < P * N; o += blockDim.x) {
-    const int64_t pp = o / N, n = o % N;
-    float acc = 0.0f;
-    for (int s = 0; s < p.len; ++s) acc += xdt[s * P + pp] * Bw[s * N + n];
-    out[o] = acc;
-  }
+  // local[pp][n] = sum_s xdt[s][pp] Bw[s][n].
+  sum_row_outer_products(states + (p.bh * nc + p.c) * P * N, xdt, P, Bw, N, p.len);
 }
 
 // Grid (ceil(P N / kThreads), B * H). states [BH, nc, P, N]: local_c in, the state entering chunk c out.

@@ -47,6 +47,7 @@ using ssd::SsdArgs;
 using ssd::chunk_pos;
 using ssd::load_rows;
 using ssd::load_steps;
+using ssd::sum_row_outer_products;
 
 constexpr int kChunk = ssd::kChunk;
 constexpr int kThreads = 256;
@@ -126,13 +127,7 @@ __global__ void __launch_bounds__(kThreads) readout_grad_kernel(SsdArgs a, BwdAr
   load_rows(dyw, int(P), g.dy, g.tdy, p, a, a.H, p.h, P, decay_in);
   load_rows(Cs, int(N), a.C, a.tC, p, a, a.Gc, p.h / (a.H / a.Gc), N, nullptr);
   __syncthreads();
-  float* dst = out + (p.bh * nc + p.c) * P * N;
-  for (int64_t o = threadIdx.x; o < P * N; o += blockDim.x) {  // a warp spans consecutive n
-    const int64_t pp = o / N, n = o % N;
-    float acc = 0.0f;
-    for (int i = 0; i < p.len; ++i) acc += dyw[i * P + pp] * Cs[i * N + n];
-    dst[o] = acc;
-  }
+  sum_row_outer_products(out + (p.bh * nc + p.c) * P * N, dyw, P, Cs, N, p.len);
 }
 
 // 2. Grid (ceil(P N / kThreads), B * H). g_next [BH, nc, P, N]: kernel 1's readout gradients in, the gradient of

@@ -1,6 +1,6 @@
 // What the chunked SSD forward (ssd_chunk.cu) and its backward (ssd_chunk_bwd.cu) share: the chunk size, a
 // block's place in the (chunks, B * H) grid, the prologue that stages a chunk's step sizes, the loader of a
-// chunk's rows into shared memory, and the recompute of the states entering each chunk (kernels 1 and 2 of the
+// chunk's rows into shared memory, the sum of the rows' outer products, and the recompute of the states entering each chunk (kernels 1 and 2 of the
 // forward), which the backward runs again instead of keeping them alive between forward and backward.
 #pragma once
 
@@ -50,6 +50,20 @@ __device__ __forceinline__ void load_rows(float* dst, int ld, const void* src, E
     const int64_t bt = p.b * a.T + p.t0 + s;
     const float v = load_as_float(src, (bt * groups + group) * W + w, t);
     dst[s * ld + w] = scale ? v * scale[s] : v;
+  }
+}
+
+// dst[p][n] = sum over the chunk's rows s < len of L[s][p] R[s][n], for L [kChunk][P] and R [kChunk][N] in shared
+// memory (rows P and N apart), dst [P][N] in global memory: the forward's chunk state (x dt with decayed B) and the
+// backward's readout gradient (decayed dy with C). A warp spans consecutive n: conflict-free rows of R, one broadcast
+// value of L.
+__device__ __forceinline__ void sum_row_outer_products(float* dst, const float* L, int64_t P, const float* R,
+                                                       int64_t N, int len) {
+  for (int64_t o = threadIdx.x; o < P * N; o += blockDim.x) {
+    const int64_t pp = o / N, n = o % N;
+    float acc = 0.0f;
+    for (int s = 0; s < len; ++s) acc += L[s * P + pp] * R[s * N + n];
+    dst[o] = acc;
   }
 }
 
